@@ -1,0 +1,24 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Secret storage backends behind one interface (:class:`~storage_backends.base.StorageBackend`)."""
+
+from storage_backends.base import DEFAULT_MAX_RESOURCE_BYTES, ResourceDesc, StorageBackend
+from storage_backends.errors import (
+    InvalidResourcePathError,
+    ResourceNotFoundError,
+    ResourceTooLargeError,
+    StorageError,
+    StorageUnavailableError,
+    UnsupportedOperationError,
+)
+
+__all__ = [
+    "DEFAULT_MAX_RESOURCE_BYTES",
+    "InvalidResourcePathError",
+    "ResourceDesc",
+    "ResourceNotFoundError",
+    "ResourceTooLargeError",
+    "StorageBackend",
+    "StorageError",
+    "StorageUnavailableError",
+    "UnsupportedOperationError",
+]
