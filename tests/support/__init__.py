@@ -1,0 +1,2 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Shared test fakes: test PKIs, loopback servers, emulators (importable as ``support``)."""
