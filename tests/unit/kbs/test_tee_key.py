@@ -13,6 +13,7 @@ import json
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from jwcrypto import jwe as jwcrypto_jwe
 from jwcrypto import jwk as jwcrypto_jwk
 
@@ -128,6 +129,13 @@ def test_from_pem_rejects_other_keys():
     )
     with pytest.raises(TeeKeyError, match="not on P-256 or P-521"):
         TeeKeyPair.from_pem(p384)
+    ed25519 = Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    with pytest.raises(TeeKeyError, match="neither an rsa nor an ec key"):
+        TeeKeyPair.from_pem(ed25519)
 
 
 # ---------------------------------------------------------------- AAD re-serialization
@@ -165,6 +173,12 @@ def test_reserialize_keeps_non_ascii_raw():
     header = {"alg": "a", "enc": "e", "zz": "é/\n"}
     text = b64url_decode(reserialize_protected_header(header)).decode("utf-8")
     assert text == '{"alg":"a","enc":"e","zz":"é/\\n"}'  # serde_json: no \u, no \/
+
+
+def test_reserialize_sorts_objects_inside_arrays():
+    header = {"alg": "a", "enc": "e", "list": [{"b": 1, "a": [2, {"d": 0, "c": None}]}, True]}
+    text = b64url_decode(reserialize_protected_header(header)).decode()
+    assert text == '{"alg":"a","enc":"e","list":[{"a":[2,{"c":null,"d":0}],"b":1},true]}'
 
 
 def test_reserialize_needs_alg_and_enc():
