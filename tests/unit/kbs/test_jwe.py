@@ -19,7 +19,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from jwcrypto import jwe as jwcrypto_jwe
 from jwcrypto import jwk as jwcrypto_jwk
@@ -190,11 +190,7 @@ def test_entropy_of_wrong_length_is_refused(keys):
         wrap(key, b"x", entropy=lambda n: bytes(n - 1))
 
 
-@settings(
-    max_examples=40,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture],
-)
+@settings(max_examples=40, deadline=None)
 @given(kind=st.sampled_from(KINDS), plaintext=st.binary(max_size=256))
 def test_header_survives_client_reserialization(keys, kind, plaintext):
     # Property: b64url(reserialize(parse(protected))) == protected, for fresh ephemeral keys.
