@@ -1,7 +1,12 @@
 # SPDX-License-Identifier: Apache-2.0
 """Secret storage backends behind one interface (:class:`~storage_backends.base.StorageBackend`)."""
 
-from storage_backends.base import DEFAULT_MAX_RESOURCE_BYTES, ResourceDesc, StorageBackend
+from storage_backends.base import (
+    DEFAULT_MAX_RESOURCE_BYTES,
+    ResourceDesc,
+    StorageBackend,
+    is_valid_segment,
+)
 from storage_backends.errors import (
     InvalidResourcePathError,
     ResourceNotFoundError,
@@ -21,4 +26,5 @@ __all__ = [
     "StorageError",
     "StorageUnavailableError",
     "UnsupportedOperationError",
+    "is_valid_segment",
 ]
