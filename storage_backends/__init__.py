@@ -15,10 +15,12 @@ from storage_backends.errors import (
     StorageUnavailableError,
     UnsupportedOperationError,
 )
+from storage_backends.file import FileBackend
 from storage_backends.memory import MemoryBackend
 
 __all__ = [
     "DEFAULT_MAX_RESOURCE_BYTES",
+    "FileBackend",
     "InvalidResourcePathError",
     "MemoryBackend",
     "ResourceDesc",
