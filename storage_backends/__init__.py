@@ -17,6 +17,7 @@ from storage_backends.errors import (
 )
 from storage_backends.file import FileBackend
 from storage_backends.memory import MemoryBackend
+from storage_backends.sql import SqlBackend
 
 __all__ = [
     "DEFAULT_MAX_RESOURCE_BYTES",
@@ -26,6 +27,7 @@ __all__ = [
     "ResourceDesc",
     "ResourceNotFoundError",
     "ResourceTooLargeError",
+    "SqlBackend",
     "StorageBackend",
     "StorageError",
     "StorageUnavailableError",
