@@ -30,9 +30,11 @@ _T = TypeVar("_T")
 
 __all__ = [
     "DEFAULT_MAX_RESOURCE_BYTES",
+    "MAX_SEGMENT_LENGTH",
     "SEGMENT_PATTERN",
     "ResourceDesc",
     "StorageBackend",
+    "is_valid_segment",
 ]
 
 #: One path segment: starts with ``[A-Za-z0-9_-]``, then ``[A-Za-z0-9_.-]*``.
@@ -43,6 +45,19 @@ MAX_SEGMENT_LENGTH: Final = 255
 
 #: Default cap on one stored secret (model keys are bytes to kilobytes).
 DEFAULT_MAX_RESOURCE_BYTES: Final = 1024 * 1024
+
+
+def is_valid_segment(value: object) -> bool:
+    """Tell whether ``value`` may be one segment of a resource path.
+
+    Backends that enumerate stored names (directory walks, SQL rows) use this to skip
+    anything :class:`ResourceDesc` would reject, before descending into it.
+    """
+    return (
+        isinstance(value, str)
+        and len(value) <= MAX_SEGMENT_LENGTH
+        and SEGMENT_PATTERN.fullmatch(value) is not None
+    )
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -60,11 +75,7 @@ class ResourceDesc:
             ("type", self.type),
             ("tag", self.tag),
         ):
-            if (
-                not isinstance(value, str)
-                or len(value) > MAX_SEGMENT_LENGTH
-                or SEGMENT_PATTERN.fullmatch(value) is None
-            ):
+            if not is_valid_segment(value):
                 raise InvalidResourcePathError(f"invalid resource path segment ({name})")
 
     @classmethod
