@@ -15,6 +15,7 @@
 # It decides exactly what Trustee's shipped CPU policy decides, platform by platform, so
 # reference values registered for Trustee give the same EAR status here. The text is
 # organised by trust claim; each claim lists the platforms that can earn it.
+# Supported evidence: sample, snp, tdx, az-snp-vtpm, az-tdx-vtpm, tpm, se.
 #
 # AR4SI values used (draft-ietf-rats-ar4si):
 #   executables    2 approved boot and run time, 3 approved boot, 33 unrecognized run time
@@ -58,150 +59,196 @@ trust_claims := {
 	"sourced-data": sourced_data,
 }
 
-# `value` is one of the values registered under reference value `id`. An unregistered
-# id (null) or a missing evidence field never matches.
-accepted(value, id) if value in query_reference_value(id)
+# Each rule below opens with the platform's top-level evidence member (`input.tdx`, ...),
+# so evidence from other platforms falls through at the first line. A rule holds only if
+# every line does; `x in query_reference_value(id)` fails when `id` is not registered.
+# Bodies are spelled out rather than factored into helper rules or functions: with
+# regorus each extra rule costs, and the factored form evaluated twice as slowly.
 
 # ---------------------------------------------------------------------------------------
-# executables
+# executables: 3 = only approved executables were loaded at boot
 # ---------------------------------------------------------------------------------------
 
-executables := 3 if sample_launch_ok
-
-executables := 3 if snp_launch_ok
-
-# TDX booted through TDVF: the kernel and its command line were measured into the event
-# log. A grub boot (GKE) only leaves the RTMRs to check, which earns a weaker 4.
+# sample: the launch digest is a registered one.
 executables := 3 if {
-	tdx_rtmrs_ok
+	input.sample
+	input.sample.launch_digest in query_reference_value("launch_digest")
+}
+
+# SEV-SNP: the launch measurement is a registered one.
+executables := 3 if {
+	input.snp
+	input.snp.measurement in query_reference_value("snp_launch_measurement")
+}
+
+# TDX booted through TDVF: RTMR1 (kernel, initrd, boot loader) and RTMR2 (command line)
+# are registered, and the event log shows the registered kernel and command line. A grub
+# boot (GKE) leaves only the RTMRs to check, which earns a weaker 4.
+executables := 3 if {
+	input.tdx
+	input.tdx.quote.body.rtmr_1 in query_reference_value("rtmr_1")
+	input.tdx.quote.body.rtmr_2 in query_reference_value("rtmr_2")
 	tdx_kernel_event_ok
 	tdx_kernel_params_event_ok
 } else := 4 if {
-	tdx_rtmrs_ok
+	input.tdx
+	input.tdx.quote.body.rtmr_1 in query_reference_value("rtmr_1")
+	input.tdx.quote.body.rtmr_2 in query_reference_value("rtmr_2")
 }
 
-executables := 3 if az_snp_launch_ok
+# Azure SNP vTPM: launch measurement and the vTPM's PCR11 (unified kernel image).
+executables := 3 if {
+	input["az-snp-vtpm"]
+	input["az-snp-vtpm"].measurement in query_reference_value("measurement")
+	input["az-snp-vtpm"].tpm.pcr11 in query_reference_value("snp_pcr11")
+}
 
-executables := 3 if az_tdx_launch_ok
+# Azure TDX vTPM: the vTPM's PCR11.
+executables := 3 if {
+	input["az-tdx-vtpm"]
+	input["az-tdx-vtpm"].tpm.pcr11 in query_reference_value("tdx_pcr11")
+}
 
-executables := 3 if tpm_boot_ok
+# TPM: PCR11 is registered and the quote came from a known attestation key.
+executables := 3 if {
+	input.tpm
+	input.tpm.pcr11 in query_reference_value("tpm_pcr11")
+	input.tpm.ak_public in query_reference_value("trusted_aks")
+}
 
 # IBM SE: the verifier has already checked the image measurement; presence is enough.
-executables := 3 if input.se
-
-# ---------------------------------------------------------------------------------------
-# hardware
-# ---------------------------------------------------------------------------------------
-
-hardware := 2 if sample_platform_ok
-
-hardware := 2 if snp_platform_ok
-
-hardware := 2 if tdx_platform_ok
-
-hardware := 2 if az_snp_platform_ok
-
-hardware := 2 if az_tdx_platform_ok
-
-# A TPM quote that the verifier accepted is all the hardware evidence a TPM gives.
-hardware := 2 if input.tpm
-
-hardware := 2 if input.se
-
-# ---------------------------------------------------------------------------------------
-# configuration
-# ---------------------------------------------------------------------------------------
-
-configuration := 2 if sample_config_ok
-
-# SNP: every guest-policy and platform flag matches its reference value (2); failing
-# that, at least debugging and migration agents are off (3).
-configuration := 2 if {
-	snp_config_safe
-	snp_config_matches
-} else := 3 if {
-	snp_config_safe
+executables := 3 if {
+	input.se
 }
 
-configuration := 2 if tdx_config_ok
-
-configuration := 2 if az_snp_config_ok
-
-configuration := 2 if az_tdx_config_ok
-
-# A TPM says nothing about configuration.
-configuration := 0 if input.tpm
-
-configuration := 2 if input.se
-
 # ---------------------------------------------------------------------------------------
-# sample (software only; proves nothing, for tests)
+# hardware: 2 = genuine, supported hardware and firmware
 # ---------------------------------------------------------------------------------------
 
-sample_launch_ok if {
+# sample: registered svn and platform version. Rego orders values of different types
+# (null < boolean < number < string), so the `>=` also holds when
+# `minimum_minor_version` is not registered; Trustee's policy behaves the same way.
+hardware := 2 if {
 	input.sample
-	accepted(input.sample.launch_digest, "launch_digest")
-}
-
-# Note: Rego orders values of different types (null < boolean < number < string), so the
-# `>=` below also holds when `minimum_minor_version` is not registered. Trustee's policy
-# behaves the same way; `major_version` must still match exactly.
-sample_platform_ok if {
-	input.sample
-	accepted(input.sample.svn, "svn")
+	input.sample.svn in query_reference_value("svn")
 	input.sample.platform_version.major == query_reference_value("major_version")
 	input.sample.platform_version.minor >= query_reference_value("minimum_minor_version")
 }
 
-sample_config_ok if {
+# SEV-SNP: the reported TCB (AMD secure processor firmware) is registered.
+hardware := 2 if {
+	input.snp
+	input.snp.reported_tcb_bootloader in query_reference_value("snp_bootloader")
+	input.snp.reported_tcb_microcode in query_reference_value("snp_microcode")
+	input.snp.reported_tcb_snp in query_reference_value("snp_snp_svn")
+	input.snp.reported_tcb_tee in query_reference_value("snp_tee_svn")
+}
+
+# TDX: a TDX quote (tee_type 0x81) signed by Intel's quoting enclave, firmware (MRTD)
+# registered, platform TCB current and no collateral expired. Deployments that accept an
+# out-of-date TCB can compare input.tdx.tcb_date (time.parse_rfc3339_ns) instead.
+hardware := 2 if {
+	input.tdx
+	input.tdx.quote.header.tee_type == "81000000"
+	input.tdx.quote.header.vendor_id == "939a7233f79c4ca9940a0db3957f0607"
+	input.tdx.quote.body.mr_td in query_reference_value("mr_td")
+	input.tdx.tcb_status == "UpToDate"
+	input.tdx.collateral_expiration_status == "0"
+}
+
+# Azure SNP vTPM: the reported TCB is registered.
+hardware := 2 if {
+	input["az-snp-vtpm"]
+	input["az-snp-vtpm"].reported_tcb_bootloader in query_reference_value("tcb_bootloader")
+	input["az-snp-vtpm"].reported_tcb_microcode in query_reference_value("tcb_microcode")
+	input["az-snp-vtpm"].reported_tcb_snp in query_reference_value("tcb_snp")
+	input["az-snp-vtpm"].reported_tcb_tee in query_reference_value("tcb_tee")
+}
+
+# Azure TDX vTPM: as bare-metal TDX, except that collateral expiry is not checked.
+hardware := 2 if {
+	input["az-tdx-vtpm"]
+	input["az-tdx-vtpm"].quote.header.tee_type == "81000000"
+	input["az-tdx-vtpm"].quote.header.vendor_id == "939a7233f79c4ca9940a0db3957f0607"
+	input["az-tdx-vtpm"].quote.body.mr_td in query_reference_value("mr_td")
+	input["az-tdx-vtpm"].tcb_status == "UpToDate"
+}
+
+# TPM: a quote the verifier accepted is all the hardware evidence a TPM gives.
+hardware := 2 if {
+	input.tpm
+}
+
+hardware := 2 if {
+	input.se
+}
+
+# ---------------------------------------------------------------------------------------
+# configuration: 2 = approved configuration, 3 = no known vulnerabilities
+# ---------------------------------------------------------------------------------------
+
+# sample: not in debug mode.
+configuration := 2 if {
 	input.sample
 	input.sample.debug == false
 }
 
-# ---------------------------------------------------------------------------------------
-# AMD SEV-SNP
-# ---------------------------------------------------------------------------------------
-
-snp_launch_ok if {
-	input.snp
-	accepted(input.snp.measurement, "snp_launch_measurement")
-}
-
-# The reported TCB covers the AMD secure processor firmware.
-snp_platform_ok if {
-	input.snp
-	accepted(input.snp.reported_tcb_bootloader, "snp_bootloader")
-	accepted(input.snp.reported_tcb_microcode, "snp_microcode")
-	accepted(input.snp.reported_tcb_snp, "snp_snp_svn")
-	accepted(input.snp.reported_tcb_tee, "snp_tee_svn")
-}
-
-snp_config_safe if {
+# SEV-SNP: every guest-policy and platform flag equals its reference value (2); failing
+# that, at least debugging and migration agents are off (3).
+configuration := 2 if {
 	input.snp
 	input.snp.policy_debug_allowed == false
 	input.snp.policy_migrate_ma == false
-}
-
-snp_config_matches if {
 	input.snp.platform_smt_enabled == query_reference_value("snp_smt_enabled")
 	input.snp.platform_tsme_enabled == query_reference_value("snp_tsme_enabled")
 	input.snp.policy_abi_major == query_reference_value("snp_guest_abi_major")
 	input.snp.policy_abi_minor == query_reference_value("snp_guest_abi_minor")
 	input.snp.policy_single_socket == query_reference_value("snp_single_socket")
 	input.snp.policy_smt_allowed == query_reference_value("snp_smt_allowed")
+} else := 3 if {
+	input.snp
+	input.snp.policy_debug_allowed == false
+	input.snp.policy_migrate_ma == false
 }
 
-# ---------------------------------------------------------------------------------------
-# Intel TDX
-# ---------------------------------------------------------------------------------------
-
-# RTMR1 holds the kernel, initrd and boot loader; RTMR2 the command line.
-tdx_rtmrs_ok if {
+# TDX: not a debug TD, and the CPU features exposed to it (XFAM) are registered.
+configuration := 2 if {
 	input.tdx
-	accepted(input.tdx.quote.body.rtmr_1, "rtmr_1")
-	accepted(input.tdx.quote.body.rtmr_2, "rtmr_2")
+	input.tdx.td_attributes.debug == false
+	input.tdx.quote.body.xfam in query_reference_value("xfam")
 }
 
+# Azure SNP vTPM: every platform and guest-policy flag is among the registered ones.
+configuration := 2 if {
+	input["az-snp-vtpm"]
+	input["az-snp-vtpm"].platform_smt_enabled in query_reference_value("smt_enabled")
+	input["az-snp-vtpm"].platform_tsme_enabled in query_reference_value("tsme_enabled")
+	input["az-snp-vtpm"].policy_abi_major in query_reference_value("abi_major")
+	input["az-snp-vtpm"].policy_abi_minor in query_reference_value("abi_minor")
+	input["az-snp-vtpm"].policy_single_socket in query_reference_value("single_socket")
+	input["az-snp-vtpm"].policy_smt_allowed in query_reference_value("smt_allowed")
+}
+
+# Azure TDX vTPM: registered XFAM.
+configuration := 2 if {
+	input["az-tdx-vtpm"]
+	input["az-tdx-vtpm"].quote.body.xfam in query_reference_value("xfam")
+}
+
+# TPM: a TPM says nothing about configuration.
+configuration := 0 if {
+	input.tpm
+}
+
+configuration := 2 if {
+	input.se
+}
+
+# ---------------------------------------------------------------------------------------
+# TDX event log checks (TDVF direct kernel boot)
+# ---------------------------------------------------------------------------------------
+
+# The kernel image TDVF loaded has the registered digest.
 tdx_kernel_event_ok if {
 	some event in input.tdx.uefi_event_logs
 	event.type_name == "EV_EFI_BOOT_SERVICES_APPLICATION"
@@ -210,79 +257,13 @@ tdx_kernel_event_ok if {
 	digest.digest == query_reference_value("tdvfkernel")
 }
 
+# The kernel command line TDVF passed has the registered digest.
 tdx_kernel_params_event_ok if {
 	some event in input.tdx.uefi_event_logs
 	event.type_name == "EV_EVENT_TAG"
 	event.details.string == "LOADED_IMAGE::LoadOptions"
 	some digest in event.digests
 	digest.digest == query_reference_value("tdvfkernelparams")
-}
-
-# A TDX quote (tee_type 0x81) signed by Intel's quoting enclave, firmware (MRTD) known,
-# platform TCB current and no collateral expired. Deployments that accept an out-of-date
-# TCB can compare input.tdx.tcb_date with time.parse_rfc3339_ns instead of tcb_status.
-tdx_platform_ok if {
-	input.tdx.quote.header.tee_type == "81000000"
-	input.tdx.quote.header.vendor_id == "939a7233f79c4ca9940a0db3957f0607"
-	accepted(input.tdx.quote.body.mr_td, "mr_td")
-	input.tdx.tcb_status == "UpToDate"
-	input.tdx.collateral_expiration_status == "0"
-}
-
-tdx_config_ok if {
-	input.tdx.td_attributes.debug == false
-	accepted(input.tdx.quote.body.xfam, "xfam")
-}
-
-# ---------------------------------------------------------------------------------------
-# Azure confidential VMs with a paravisor vTPM
-# ---------------------------------------------------------------------------------------
-
-az_snp_launch_ok if {
-	accepted(input["az-snp-vtpm"].measurement, "measurement")
-	accepted(input["az-snp-vtpm"].tpm.pcr11, "snp_pcr11")
-}
-
-az_snp_platform_ok if {
-	accepted(input["az-snp-vtpm"].reported_tcb_bootloader, "tcb_bootloader")
-	accepted(input["az-snp-vtpm"].reported_tcb_microcode, "tcb_microcode")
-	accepted(input["az-snp-vtpm"].reported_tcb_snp, "tcb_snp")
-	accepted(input["az-snp-vtpm"].reported_tcb_tee, "tcb_tee")
-}
-
-az_snp_config_ok if {
-	accepted(input["az-snp-vtpm"].platform_smt_enabled, "smt_enabled")
-	accepted(input["az-snp-vtpm"].platform_tsme_enabled, "tsme_enabled")
-	accepted(input["az-snp-vtpm"].policy_abi_major, "abi_major")
-	accepted(input["az-snp-vtpm"].policy_abi_minor, "abi_minor")
-	accepted(input["az-snp-vtpm"].policy_single_socket, "single_socket")
-	accepted(input["az-snp-vtpm"].policy_smt_allowed, "smt_allowed")
-}
-
-az_tdx_launch_ok if {
-	accepted(input["az-tdx-vtpm"].tpm.pcr11, "tdx_pcr11")
-}
-
-# Unlike bare-metal TDX, the collateral expiration status is not checked here.
-az_tdx_platform_ok if {
-	input["az-tdx-vtpm"].quote.header.tee_type == "81000000"
-	input["az-tdx-vtpm"].quote.header.vendor_id == "939a7233f79c4ca9940a0db3957f0607"
-	accepted(input["az-tdx-vtpm"].quote.body.mr_td, "mr_td")
-	input["az-tdx-vtpm"].tcb_status == "UpToDate"
-}
-
-az_tdx_config_ok if {
-	accepted(input["az-tdx-vtpm"].quote.body.xfam, "xfam")
-}
-
-# ---------------------------------------------------------------------------------------
-# TPM
-# ---------------------------------------------------------------------------------------
-
-# PCR11 is the unified kernel image measurement; the attestation key must be known.
-tpm_boot_ok if {
-	accepted(input.tpm.pcr11, "tpm_pcr11")
-	accepted(input.tpm.ak_public, "trusted_aks")
 }
 
 # ---------------------------------------------------------------------------------------

@@ -40,8 +40,6 @@ trust_claims := {
 	"sourced-data": sourced_data,
 }
 
-accepted(value, id) if value in query_reference_value(id)
-
 # ---------------------------------------------------------------------------------------
 # sampledevice (software only; proves nothing, for tests)
 # ---------------------------------------------------------------------------------------
@@ -52,17 +50,19 @@ accepted(value, id) if value in query_reference_value(id)
 # with one that calls query_reference_value("device_svn"); we ship that reading, so
 # registering the reference value `device_svn` (e.g. ["2"]) is what it takes.
 hardware := 2 if {
-	accepted(input.sampledevice.svn, "device_svn")
+	input.sampledevice
+	input.sampledevice.svn in query_reference_value("device_svn")
 }
 
 # ---------------------------------------------------------------------------------------
-# NVIDIA GPUs (claims produced by the verifier from the GPU attestation report and the
+# NVIDIA GPUs (claims the verifier derives from the GPU attestation report and the
 # reference integrity manifests, RIMs)
 # ---------------------------------------------------------------------------------------
 
 # The attestation report is signed by a genuine, unrevoked GPU certificate chain whose
 # firmware id matches, and the architecture is the expected one.
 hardware := 2 if {
+	input.nvidia
 	input.nvidia["x-nvidia-gpu-attestation-report-cert-chain"]["x-nvidia-cert-status"] == "valid"
 	input.nvidia["x-nvidia-gpu-attestation-report-cert-chain"]["x-nvidia-cert-ocsp-status"] == "good"
 	input.nvidia["x-nvidia-gpu-attestation-report-cert-chain-fwid-match"]
@@ -74,14 +74,11 @@ hardware := 2 if {
 # Secure boot on and debug off, with VBIOS and driver versions on the allow lists (2);
 # without matching versions, the safe settings alone earn 3.
 configuration := 2 if {
-	nvidia_safe_settings
-	accepted(input.nvidia["x-nvidia-gpu-vbios-version"], "allowed_vbios_versions")
-	accepted(input.nvidia["x-nvidia-gpu-driver-version"], "allowed_driver_versions")
+	input.nvidia.secboot
+	input.nvidia.dbgstat == "disabled"
+	input.nvidia["x-nvidia-gpu-vbios-version"] in query_reference_value("allowed_vbios_versions")
+	input.nvidia["x-nvidia-gpu-driver-version"] in query_reference_value("allowed_driver_versions")
 } else := 3 if {
-	nvidia_safe_settings
-}
-
-nvidia_safe_settings if {
 	input.nvidia.secboot
 	input.nvidia.dbgstat == "disabled"
 }
@@ -89,15 +86,21 @@ nvidia_safe_settings if {
 # The driver and VBIOS RIMs were fetched, are signed by a valid, unrevoked chain, and
 # every measurement in the report matched them.
 executables := 3 if {
+	input.nvidia
 	input.nvidia["x-nvidia-gpu-vbios-rim-cert-chain"]["x-nvidia-cert-status"] == "valid"
 	input.nvidia["x-nvidia-gpu-vbios-rim-cert-chain"]["x-nvidia-cert-ocsp-status"] == "good"
-	nvidia_rim_checks_passed("driver")
-	nvidia_rim_checks_passed("vbios")
-	input.nvidia.measres == "success"
-}
 
-nvidia_rim_checks_passed(component) if {
-	every check in ["fetched", "measurements-available", "schema-validated", "signature-verified", "version-match"] {
-		input.nvidia[sprintf("x-nvidia-gpu-%s-rim-%s", [component, check])]
-	}
+	input.nvidia["x-nvidia-gpu-driver-rim-fetched"]
+	input.nvidia["x-nvidia-gpu-driver-rim-measurements-available"]
+	input.nvidia["x-nvidia-gpu-driver-rim-schema-validated"]
+	input.nvidia["x-nvidia-gpu-driver-rim-signature-verified"]
+	input.nvidia["x-nvidia-gpu-driver-rim-version-match"]
+
+	input.nvidia["x-nvidia-gpu-vbios-rim-fetched"]
+	input.nvidia["x-nvidia-gpu-vbios-rim-measurements-available"]
+	input.nvidia["x-nvidia-gpu-vbios-rim-schema-validated"]
+	input.nvidia["x-nvidia-gpu-vbios-rim-signature-verified"]
+	input.nvidia["x-nvidia-gpu-vbios-rim-version-match"]
+
+	input.nvidia.measres == "success"
 }
