@@ -438,7 +438,11 @@ def _to_json(value: Any) -> Any:
 
 
 def _order_key(value: Any) -> tuple[int, Any]:
-    """Sort key following Rego's type order: null, boolean, number, string, array, object."""
+    """Sort key following Rego's type order: null, boolean, number, string, then the rest.
+
+    Sets that reach Python hold only scalars (regorus cannot hand over a set of arrays,
+    objects or sets; those take the JSON path), so the last case is a safety net.
+    """
     if value is None:
         return (0, 0)
     if isinstance(value, bool):
@@ -447,9 +451,7 @@ def _order_key(value: Any) -> tuple[int, Any]:
         return (2, value)
     if isinstance(value, str):
         return (3, value)
-    if isinstance(value, list):
-        return (4, json.dumps(value, default=str))
-    return (5, json.dumps(value, default=str))
+    return (4, json.dumps(value, sort_keys=True, default=str))
 
 
 def _json_type(value: Any) -> str:

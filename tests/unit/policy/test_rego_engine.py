@@ -19,6 +19,7 @@ from policy import (
     RegoEngine,
     policy_hash,
 )
+from policy import engine as engine_module
 from policy.engine import MAX_POLICY_BYTES
 
 
@@ -499,3 +500,129 @@ def test_regorus_engine_is_not_shareable_which_is_why_the_cache_is_per_thread():
     thread.start()
     thread.join()
     assert caught == ["PanicException"]
+
+
+# ------------------------------------------------------------ failure paths and values
+
+
+def test_policy_with_lone_surrogate_is_invalid(engine):
+    with pytest.raises(PolicyInvalidError, match="not valid unicode"):
+        engine.validate("package policy\n# \ud800\n")
+
+
+def test_allow_denies_non_mapping_data(engine):
+    decision = engine.allow(_claims_policy("allow := true"), input_={}, data=[1])  # type: ignore[arg-type]
+    assert not decision.allowed
+    assert "data must be an object" in decision.reason
+
+
+def test_sets_become_sorted_lists(engine):
+    policy = _claims_policy(
+        's := {"b", 3, true, null, false, 1.5, "a"}\n'
+        'o := {{"k": 2}, {"k": 1}}\n'
+        "n := [{2, 1}]\n"
+        "ss := {{3}, {2, 1}}"
+    )
+    result = engine.evaluate_rules(
+        policy, ["data.policy.s", "data.policy.o", "data.policy.n", "data.policy.ss"], input_={}
+    )
+    assert result == {
+        "data.policy.s": [None, False, True, 1.5, 3, "a", "b"],
+        "data.policy.o": [{"k": 1}, {"k": 2}],
+        "data.policy.n": [[1, 2]],
+        "data.policy.ss": [[1, 2], [3]],
+    }
+
+
+class PanicException(BaseException):
+    """Stands in for pyo3_runtime.PanicException (not importable by name)."""
+
+
+class _FakeEngine:
+    def __init__(self, *, clone_error=None, eval_error=None, value=None):
+        self._clone_error = clone_error
+        self._eval_error = eval_error
+        self._value = value
+
+    def clone(self):
+        if self._clone_error is not None:
+            raise self._clone_error
+        return self
+
+    def set_input(self, value):
+        pass
+
+    def eval_rule(self, _rule):
+        if self._eval_error is not None:
+            raise self._eval_error
+        return self._value
+
+    def eval_rule_as_json(self, _rule):
+        return '"<undefined>"'
+
+
+def _evaluate(engine, fake):
+    return engine._evaluate(fake, ("data.policy.x",), input_={}, data=None, reference_values=None)
+
+
+def test_rust_panic_during_clone_becomes_evaluation_error(engine):
+    with pytest.raises(PolicyEvaluationError, match="the rego engine failed"):
+        _evaluate(engine, _FakeEngine(clone_error=PanicException("boom")))
+
+
+def test_rust_panic_during_eval_becomes_evaluation_error(engine):
+    with pytest.raises(PolicyEvaluationError, match=r"data\.policy\.x: the rego engine failed"):
+        _evaluate(engine, _FakeEngine(eval_error=PanicException("boom")))
+
+
+def test_other_base_exceptions_propagate(engine):
+    with pytest.raises(KeyboardInterrupt):
+        _evaluate(engine, _FakeEngine(clone_error=KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        _evaluate(engine, _FakeEngine(eval_error=KeyboardInterrupt()))
+
+
+def test_other_base_exceptions_propagate_from_parsing(engine, monkeypatch):
+    class _InterruptedEngine:
+        def set_rego_v0(self, _enable):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr("policy.engine.regorus.Engine", _InterruptedEngine)
+    with pytest.raises(KeyboardInterrupt):
+        engine.validate("package policy\n")
+
+
+def test_unexpected_engine_exception_becomes_evaluation_error(engine):
+    with pytest.raises(PolicyEvaluationError, match=r"data\.policy\.x: ValueError"):
+        _evaluate(engine, _FakeEngine(eval_error=ValueError("")))
+    with pytest.raises(PolicyEvaluationError, match=r"evaluation: bad clone"):
+        _evaluate(engine, _FakeEngine(clone_error=OSError("bad clone")))
+
+
+def test_unconvertible_undefined_value_is_absent(engine):
+    assert _evaluate(engine, _FakeEngine(eval_error=TypeError("unhashable type: 'list'"))) == {}
+
+
+def test_rust_panic_while_parsing_becomes_invalid_policy(engine, monkeypatch):
+    class _PanickingEngine:
+        def set_rego_v0(self, enable):
+            pass
+
+        def set_policy_length_config(self, **limits):
+            pass
+
+        def add_policy(self, _path, _text):
+            raise PanicException("boom")
+
+    monkeypatch.setattr("policy.engine.regorus.Engine", _PanickingEngine)
+    with pytest.raises(PolicyInvalidError, match="the rego parser failed"):
+        engine.validate("package policy\n")
+
+
+def test_extension_value_must_be_json():
+    with pytest.raises(PolicyEvaluationError, match=r"value is not JSON"):
+        engine_module._extension("extensions[0]", {"name": "a", "key": 1, "value": float("nan")})
+
+
+def test_undefined_marker_repr():
+    assert repr(engine_module._UNDEFINED) == "<undefined>"
