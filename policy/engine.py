@@ -45,6 +45,7 @@ __all__ = [
     "DEFAULT_CACHE_SIZE",
     "EXTENSIONS_RULE",
     "MAX_POLICY_BYTES",
+    "POLICY_PACKAGE",
     "REFERENCE_VALUE_FUNCTION",
     "TRUST_CLAIMS_RULE",
     "RegoEngine",
