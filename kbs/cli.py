@@ -1,13 +1,252 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The ``kbs`` console script."""
+"""The ``kbs`` console script: serve, migrate, and admin key bootstrap."""
 
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import logging
+import os
+import socket
+import sys
+from pathlib import Path
+from typing import Any, Final
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from kbs import __version__
+
+_logger = logging.getLogger(__name__)
+
+__all__ = ["app_from_environment", "main"]
+
+#: Set by ``kbs serve --dev`` for its workers: build the embedded development profile.
+DEV_PROFILE_ENV: Final = "KBS_SERVE_DEV_DATA_DIR"
+
+_LOG_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), format=_LOG_FORMAT, stream=sys.stderr, force=True)
+
+
+def ensure_dev_admin_key(data_dir: Path) -> tuple[Path, Path]:
+    """Create (once) the development profile's Ed25519 admin key pair under ``data_dir/admin``."""
+    admin_dir = data_dir / "admin"
+    admin_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_path = admin_dir / "admin.key"
+    public_path = admin_dir / "admin.pub"
+    if not private_path.exists():
+        key = ed25519.Ed25519PrivateKey.generate()
+        fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(
+                key.private_bytes(
+                    serialization.Encoding.PEM,
+                    serialization.PrivateFormat.PKCS8,
+                    serialization.NoEncryption(),
+                )
+            )
+        public_path.write_bytes(
+            key.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        )
+    return private_path, public_path
+
+
+def _dev_overrides(data_dir: Path) -> dict[str, Any]:
+    from kbs.settings import development_settings  # noqa: PLC0415 - keep --help fast
+
+    _, public_path = ensure_dev_admin_key(data_dir)
+    overrides = development_settings(data_dir)
+    overrides["admin"] = {
+        "authorization_mode": "AuthenticatedAuthorization",
+        "authentication": {
+            "bearer_jwt": {"identity_providers": [{"public_key_uri": str(public_path)}]}
+        },
+        "authorization": {
+            "regex_acl": {"acls": [{"role": "admin", "allowed_endpoints": "^/kbs/.*$"}]}
+        },
+    }
+    return overrides
+
+
+def app_from_environment() -> Any:
+    """Build the ASGI app from ``$KBS_CONFIG_FILE`` (and the dev profile, if selected)."""
+    from kbs.app import create_app  # noqa: PLC0415
+    from kbs.settings import load_settings  # noqa: PLC0415
+
+    dev_dir = os.environ.get(DEV_PROFILE_ENV)
+    overrides = _dev_overrides(Path(dev_dir)) if dev_dir else None
+    config = os.environ.get("KBS_CONFIG_FILE")
+    return create_app(load_settings(Path(config) if config else None, overrides=overrides))
+
+
+def _bind(address: str) -> socket.socket:
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, int(port)))
+    sock.set_inheritable(True)
+    return sock
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn  # noqa: PLC0415
+    from uvicorn.supervisors import Multiprocess  # noqa: PLC0415
+
+    from kbs.settings import ConfigError, load_settings  # noqa: PLC0415
+
+    if args.config is None and not args.dev and not os.environ.get("KBS_CONFIG_FILE"):
+        print("kbs serve: give --config FILE (or set KBS_CONFIG_FILE), or --dev", file=sys.stderr)
+        return 2
+    overrides = None
+    if args.dev:
+        os.environ[DEV_PROFILE_ENV] = str(args.data_dir)
+        overrides = _dev_overrides(args.data_dir)
+    if args.config is not None:
+        os.environ["KBS_CONFIG_FILE"] = str(args.config)
+    try:
+        settings = load_settings(args.config, overrides=overrides)
+        tls = settings.http_server.tls_files()
+    except ConfigError as exc:
+        print(f"kbs serve: {exc}", file=sys.stderr)
+        return 2
+    workers = args.workers or settings.http_server.worker_count or os.cpu_count() or 1
+    if args.dev:
+        private_key, _ = ensure_dev_admin_key(args.data_dir)
+        _logger.warning(
+            "development admin key: %s (kbs-client ... config --auth-private-key %s ...)",
+            private_key,
+            private_key,
+        )
+    sockets = [_bind(addr) for addr in settings.http_server.sockets]
+    config = uvicorn.Config(
+        "kbs.asgi:app",
+        workers=workers,
+        log_config=None,
+        server_header=False,
+        proxy_headers=False,
+        ssl_keyfile=str(tls[0]) if tls else None,
+        ssl_certfile=str(tls[1]) if tls else None,
+        timeout_graceful_shutdown=10,
+    )
+    _logger.info(
+        "kbs %s serving on %s with %d worker(s)",
+        __version__,
+        ", ".join(settings.http_server.sockets),
+        workers,
+    )
+    server = uvicorn.Server(config)
+    if workers > 1:
+        Multiprocess(config, sockets=sockets).run()
+    else:
+        server.run(sockets=sockets)
+    return 0
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from kbs import db  # noqa: PLC0415
+    from kbs.settings import ConfigError, load_settings  # noqa: PLC0415
+
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(f"kbs migrate: {exc}", file=sys.stderr)
+        return 2
+    db.migrate(settings.database_url)
+    print("database schema is current")
+    return 0
+
+
+def _admin_keygen(args: argparse.Namespace) -> int:
+    import jwt  # noqa: PLC0415
+
+    from kbs.clock import SystemClock  # noqa: PLC0415
+
+    out: Path = args.out_dir
+    out.mkdir(parents=True, exist_ok=True, mode=0o700)
+    private_path, public_path = out / "admin.key", out / "admin.pub"
+    if private_path.exists() and not args.force:
+        print(f"kbs admin-keygen: {private_path} exists (use --force)", file=sys.stderr)
+        return 2
+    key = ed25519.Ed25519PrivateKey.generate()
+    private_path.unlink(missing_ok=True)
+    fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+    public_path.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    now = SystemClock().now()
+    claims: dict[str, Any] = {
+        "role": args.role,
+        "iat": int(now.timestamp()),
+        "exp": int((now + dt.timedelta(minutes=args.token_minutes)).timestamp()),
+    }
+    if args.issuer:
+        claims["iss"] = args.issuer
+    if args.audience:
+        claims["aud"] = [args.audience]
+    token = jwt.encode(claims, key, algorithm="EdDSA")
+    print(f"private key: {private_path}\npublic key:  {public_path}")
+    print(f"bootstrap token (role {args.role}, {args.token_minutes} min):\n{token}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``kbs`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="kbs", description="Key Broker Service (Trustee-compatible) and attestation service."
+    )
+    parser.add_argument("--version", action="version", version=f"kbs {__version__}")
+    parser.add_argument("--log-level", default="info", help="debug, info, warning, error")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the HTTP server")
+    serve.add_argument("--config", type=Path, help="TOML configuration file (or $KBS_CONFIG_FILE)")
+    serve.add_argument(
+        "--dev",
+        action="store_true",
+        help="embedded development profile: SQLite and files under --data-dir, plain HTTP on "
+        "127.0.0.1:8080, the insecure sample TEE allowed, a generated admin key",
+    )
+    serve.add_argument("--data-dir", type=Path, default=Path("data"), help="data dir for --dev")
+    serve.add_argument("--workers", type=int, help="worker processes (default: CPU count)")
+    serve.set_defaults(func=_serve)
+
+    migrate = sub.add_parser("migrate", help="bring the database schema up to date")
+    migrate.add_argument("--config", type=Path, help="TOML configuration file")
+    migrate.set_defaults(func=_migrate)
+
+    keygen = sub.add_parser(
+        "admin-keygen", help="create an Ed25519 admin key pair and a short-lived admin token"
+    )
+    keygen.add_argument("--out-dir", type=Path, default=Path("admin"), help="where to write keys")
+    keygen.add_argument("--role", default="admin", help="role claim of the bootstrap token")
+    keygen.add_argument("--issuer", help="iss claim of the bootstrap token")
+    keygen.add_argument("--audience", help="aud claim of the bootstrap token")
+    keygen.add_argument("--token-minutes", type=int, default=60, help="token lifetime")
+    keygen.add_argument("--force", action="store_true", help="overwrite existing keys")
+    keygen.set_defaults(func=_admin_keygen)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the ``kbs`` command line."""
-    parser = argparse.ArgumentParser(prog="kbs")
-    parser.parse_args(argv)
-    return 0
+    args = build_parser().parse_args(argv)
+    _configure_logging(args.log_level)
+    result: int = args.func(args)
+    return result

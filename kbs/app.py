@@ -1,0 +1,354 @@
+# SPDX-License-Identifier: Apache-2.0
+"""``create_app``: the only place that builds the service's concrete parts.
+
+Everything is built in the lifespan (database, signing key, policies, verifiers,
+backends), so an application object is cheap to create and several can share one
+database, as several server processes do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import logging
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from fastapi import FastAPI, Request, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from attestation.base import Verifier
+from attestation.errors import AttestationError
+from attestation.registry import VerifierRegistry
+from attestation.sample import SampleDeviceVerifier, SampleVerifier
+from kbs import __version__, db
+from kbs.admin_auth import build_admin_authorizer
+from kbs.appraisal import AttestationService
+from kbs.clock import Clock, SystemClock
+from kbs.deps import json_response
+from kbs.entropy import Entropy, system_entropy
+from kbs.errors import (
+    DatabaseUnavailableError,
+    InvalidRequestPathError,
+    KbsError,
+    PluginNotFoundError,
+    describe,
+)
+from kbs.resources import build_resource_router
+from kbs.routes import admin, attest, auth, resource, wellknown
+from kbs.sessions import SessionStore
+from kbs.settings import KbsSettings
+from kbs.state import KbsState
+from kbs.stores import (
+    ATTESTATION_NAMESPACE,
+    RESOURCE_NAMESPACE,
+    PolicyStore,
+    ReferenceValueStore,
+    load_or_create_signing_key,
+)
+from kbs.tokens import TokenSigner, TokenVerifier, jwk_thumbprint
+from kbs.uris import read_uri
+from policy.defaults import (
+    DEFAULT_ATTESTATION_POLICIES,
+    DEFAULT_RESOURCE_POLICY,
+    DEFAULT_RESOURCE_POLICY_ID,
+)
+from policy.engine import RegoEngine
+from policy.errors import PolicyError
+from storage_backends.errors import StorageError
+
+_logger = logging.getLogger(__name__)
+
+__all__ = ["create_app"]
+
+#: Seconds between sweeps of expired sessions.
+SESSION_SWEEP_INTERVAL_S: Final = 60.0
+#: Longest back-off between sweeps while the database is failing.
+SESSION_SWEEP_MAX_BACKOFF_S: Final = 300.0
+
+_ALL_METHODS: Final = ["GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"]
+
+
+def create_app(
+    settings: KbsSettings,
+    *,
+    clock: Clock | None = None,
+    entropy: Entropy = system_entropy,
+    extra_verifiers: Sequence[Verifier] = (),
+) -> FastAPI:
+    """Build the KBS application.
+
+    Args:
+        settings: the validated configuration.
+        clock: the source of request instants (default: the system clock).
+        entropy: the source of nonces and session ids (default: the OS CSPRNG).
+        extra_verifiers: verifiers to register beside those the settings enable
+            (tests use this to plug in fakes).
+    """
+    clock = clock or SystemClock()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state, tasks = await _start(settings, clock, entropy, extra_verifiers)
+        app.state.kbs = state
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await state.resources.aclose()
+            await state.engine.dispose()
+
+    app = FastAPI(
+        title="Key Broker Service",
+        version=__version__,
+        description="Trustee-compatible Key Broker Service and attestation service.",
+        lifespan=lifespan,
+    )
+    app.include_router(auth.router)
+    app.include_router(attest.router)
+    app.include_router(resource.router)
+    app.include_router(admin.router)
+    app.include_router(wellknown.router)
+    _add_fallback_routes(app)
+    for exc_type in (KbsError, AttestationError, PolicyError, StorageError):
+        app.add_exception_handler(exc_type, _error_handler)
+    app.add_middleware(_CatchAllMiddleware)
+    return app
+
+
+def _add_fallback_routes(app: FastAPI) -> None:
+    async def empty_path() -> Response:
+        raise InvalidRequestPathError("Request path /kbs/v0/ is invalid")
+
+    async def unknown_plugin(plugin: str) -> Response:
+        raise PluginNotFoundError(f"Plugin {plugin} not found")
+
+    async def unknown_plugin_path(plugin: str, rest: str) -> Response:
+        del rest
+        raise PluginNotFoundError(f"Plugin {plugin} not found")
+
+    kwargs: dict[str, Any] = {"methods": _ALL_METHODS, "include_in_schema": False}
+    app.add_api_route("/kbs/v0/", empty_path, **kwargs)
+    app.add_api_route("/kbs/v0/{plugin}", unknown_plugin, **kwargs)
+    app.add_api_route("/kbs/v0/{plugin}/{rest:path}", unknown_plugin_path, **kwargs)
+
+
+async def _error_handler(request: Request, exc: Exception) -> Response:
+    info = describe(exc)
+    if info.status >= 500:  # noqa: PLR2004
+        _logger.error(
+            "%s %s failed: %s", request.method, request.url.path, info.variant, exc_info=exc
+        )
+    else:
+        _logger.info(
+            "%s %s -> %d %s: %s",
+            request.method,
+            request.url.path,
+            info.status,
+            info.variant,
+            info.detail,
+        )
+    return json_response({"type": info.type, "detail": info.detail}, status_code=info.status)
+
+
+class _CatchAllMiddleware:
+    """Turns an unexpected exception into our error body (500), logging the trace."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            _logger.exception("unhandled error on %s %s", scope.get("method"), scope.get("path"))
+            if started:
+                raise
+            info = describe(exc)
+            response = json_response(
+                {"type": info.type, "detail": info.detail}, status_code=info.status
+            )
+            await response(scope, receive, send)
+
+
+# --------------------------------------------------------------------------- start-up
+
+
+async def _start(
+    settings: KbsSettings,
+    clock: Clock,
+    entropy: Entropy,
+    extra_verifiers: Sequence[Verifier],
+) -> tuple[KbsState, list[asyncio.Task[None]]]:
+    at = clock.now()
+    _warn_insecure(settings)
+    url = settings.database_url
+    if settings.database.migrate_on_start:
+        await asyncio.to_thread(db.migrate, url)
+    engine = db.make_async_engine(
+        url, pool_size=settings.database.pool_size, timeout_s=settings.database.timeout_s
+    )
+    try:
+        state = await _build_state(
+            settings=settings,
+            clock=clock,
+            entropy=entropy,
+            extra_verifiers=extra_verifiers,
+            engine=engine,
+            at=at,
+        )
+    except BaseException:
+        await engine.dispose()
+        raise
+    tasks = [asyncio.create_task(_sweep_sessions(state), name="kbs-session-sweeper")]
+    return state, tasks
+
+
+async def _build_state(
+    *,
+    settings: KbsSettings,
+    clock: Clock,
+    entropy: Entropy,
+    extra_verifiers: Sequence[Verifier],
+    engine: Any,
+    at: dt.datetime,
+) -> KbsState:
+    sessions = SessionStore(engine)
+    policies = PolicyStore(engine)
+    reference_values = ReferenceValueStore(engine)
+    policy_engine = RegoEngine()
+
+    # Default policies are installed once; uploads survive restarts.
+    for policy_id, text in DEFAULT_ATTESTATION_POLICIES.items():
+        await policies.set(ATTESTATION_NAMESPACE, policy_id, text, at=at, overwrite=False)
+    resource_policy = DEFAULT_RESOURCE_POLICY
+    legacy = settings.policy_engine
+    if legacy is not None and legacy.policy_path is not None:
+        resource_policy = legacy.policy_path.read_text()
+        policy_engine.validate(resource_policy)
+    await policies.set(
+        RESOURCE_NAMESPACE, DEFAULT_RESOURCE_POLICY_ID, resource_policy, at=at, overwrite=False
+    )
+
+    signer = await _build_signer(settings, engine, at)
+    _logger.info("token signer key id %s", signer.kid)
+    token_verifier = TokenVerifier(
+        own_keys=[signer.public_key],
+        trusted_certs=_load_certs(settings.attestation_token.trusted_certs_paths),
+        trusted_jwks=_load_trusted_jwks(settings.attestation_token.trusted_jwk_sets),
+        insecure_header_jwk=settings.attestation_token.insecure_header_jwk,
+        extra_teekey_paths=settings.attestation_token.extra_teekey_paths,
+    )
+
+    verifiers: list[Verifier] = list(extra_verifiers)
+    if settings.attestation_service.insecure_allow_sample_evidence:
+        verifiers += [SampleVerifier(), SampleDeviceVerifier()]
+    registry = VerifierRegistry(verifiers)
+    _logger.info("evidence verifiers enabled: %s", ", ".join(registry.tees) or "none")
+
+    attestation = AttestationService(
+        verifiers=registry,
+        engine=policy_engine,
+        policies=policies,
+        reference_values=reference_values,
+        signer=signer,
+        broker=settings.attestation_service.attestation_token_broker,
+    )
+    return KbsState(
+        settings=settings,
+        clock=clock,
+        entropy=entropy,
+        engine=engine,
+        sessions=sessions,
+        policies=policies,
+        reference_values=reference_values,
+        policy_engine=policy_engine,
+        signer=signer,
+        token_verifier=token_verifier,
+        attestation=attestation,
+        resources=build_resource_router(settings, engine=engine, clock=clock.now),
+        admin=build_admin_authorizer(settings.admin),
+    )
+
+
+async def _build_signer(settings: KbsSettings, engine: Any, at: dt.datetime) -> TokenSigner:
+    signer_settings = settings.attestation_service.attestation_token_broker.signer
+    if signer_settings is None:
+        return TokenSigner(await load_or_create_signing_key(engine, at=at))
+    key = serialization.load_pem_private_key(signer_settings.key_path.read_bytes(), password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ValueError("attestation_token_broker.signer.key_path must hold an EC P-256 key")
+    chain = (
+        x509.load_pem_x509_certificates(signer_settings.cert_path.read_bytes())
+        if signer_settings.cert_path is not None
+        else []
+    )
+    return TokenSigner(key, cert_chain=chain, cert_url=signer_settings.cert_url)
+
+
+def _load_certs(paths: Sequence[Path]) -> list[x509.Certificate]:
+    certs: list[x509.Certificate] = []
+    for path in paths:
+        certs.extend(x509.load_pem_x509_certificates(path.read_bytes()))
+    return certs
+
+
+def _load_trusted_jwks(uris: Sequence[str]) -> dict[str, dict[str, Any]]:
+    table: dict[str, dict[str, Any]] = {}
+    for uri in uris:
+        doc = json.loads(read_uri(uri))
+        if "jwks_uri" in doc and "keys" not in doc:
+            doc = json.loads(read_uri(doc["jwks_uri"]))
+        for entry in doc.get("keys", []):
+            kid = entry.get("kid") or jwk_thumbprint(entry)
+            table[kid] = entry
+    return table
+
+
+def _warn_insecure(settings: KbsSettings) -> None:
+    if settings.environment == "development":
+        _logger.warning(
+            "*** DEVELOPMENT PROFILE: not for production. The software-only 'sample' TEE "
+            "proves nothing and is %s. ***",
+            "ALLOWED"
+            if settings.attestation_service.insecure_allow_sample_evidence
+            else "not allowed",
+        )
+    for name in settings.insecure_settings():
+        _logger.warning("insecure setting in effect: %s", name)
+
+
+async def _sweep_sessions(state: KbsState) -> None:
+    delay = SESSION_SWEEP_INTERVAL_S
+    while True:
+        await asyncio.sleep(delay)
+        try:
+            purged = await state.sessions.purge_expired(at=state.clock.now())
+        except DatabaseUnavailableError:
+            delay = min(delay * 2, SESSION_SWEEP_MAX_BACKOFF_S)
+            _logger.warning("session sweep failed; retrying in %.0f s", delay, exc_info=True)
+            continue
+        delay = SESSION_SWEEP_INTERVAL_S
+        if purged:
+            _logger.debug("purged %d expired sessions", purged)

@@ -1,0 +1,72 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Request-level helpers shared by the routes: state access, bodies, JSON answers."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Annotated, Any, Final
+
+from fastapi import Depends, Request, Response
+
+from kbs.errors import PayloadTooLargeError, SerdeError
+from kbs.state import KbsState
+
+_logger = logging.getLogger(__name__)
+
+__all__ = ["SESSION_COOKIE", "StateDep", "get_state", "json_response", "read_body", "read_json"]
+
+#: The reference's session cookie name.
+SESSION_COOKIE: Final = "kbs-session-id"
+
+
+def get_state(request: Request) -> KbsState:
+    """The application's :class:`KbsState` (set up by the lifespan)."""
+    state: KbsState = request.app.state.kbs
+    return state
+
+
+StateDep = Annotated[KbsState, Depends(get_state)]
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """Read the request body, refusing more than ``limit`` bytes.
+
+    Raises:
+        PayloadTooLargeError: the body (or its declared length) exceeds ``limit``.
+    """
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLargeError(f"request body exceeds {limit} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise PayloadTooLargeError(f"request body exceeds {limit} bytes")
+    return bytes(body)
+
+
+async def read_json(request: Request, limit: int) -> Any:
+    """Read and parse a JSON body.
+
+    Raises:
+        PayloadTooLargeError: the body is too large.
+        SerdeError: the body is not JSON.
+    """
+    body = await read_body(request, limit)
+    try:
+        return json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SerdeError("request body is not valid JSON") from exc
+
+
+def json_response(
+    value: Any, *, status_code: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    """A compact ``application/json`` answer."""
+    return Response(
+        content=json.dumps(value, separators=(",", ":")).encode(),
+        status_code=status_code,
+        media_type="application/json",
+        headers=headers,
+    )

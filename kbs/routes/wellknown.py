@@ -1,0 +1,53 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Unauthenticated service endpoints: health, readiness, the token signer's JWKS."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import APIRouter, Response
+
+from kbs.deps import StateDep, json_response
+from kbs.errors import describe
+
+_logger = logging.getLogger(__name__)
+
+__all__ = ["router"]
+
+router = APIRouter()
+
+
+@router.get("/healthz", summary="Liveness")
+async def healthz() -> Response:
+    """The process is serving requests."""
+    return Response(status_code=200)
+
+
+@router.get("/readyz", summary="Readiness: database and secret backends reachable")
+async def readyz(state: StateDep) -> Response:
+    """Check the database and every secret backend."""
+    at = state.clock.now()
+    checks: dict[str, str] = {}
+    ready = True
+    try:
+        await state.sessions.count_live(at=at)
+        checks["database"] = "ok"
+    except Exception as exc:  # noqa: BLE001 - readiness reports any failure
+        checks["database"] = describe(exc).detail
+        ready = False
+    try:
+        await state.resources.check()
+        checks["resources"] = "ok"
+    except Exception as exc:  # noqa: BLE001 - readiness reports any failure
+        checks["resources"] = describe(exc).detail
+        ready = False
+    return json_response(
+        {"status": "ready" if ready else "unavailable", "checks": checks},
+        status_code=200 if ready else 503,
+    )
+
+
+@router.get("/.well-known/jwks.json", summary="Public key of the attestation token signer")
+async def jwks(state: StateDep) -> Response:
+    """The JWK Set of this deployment's token signing key."""
+    return json_response(state.signer.jwks())

@@ -1,0 +1,633 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Configuration: Trustee's ``kbs-config.toml`` shape plus our additions.
+
+A Trustee user's configuration file starts this server: every section we implement takes
+the reference's keys (v0.21, and the older forms listed in ``docs/configuration.md``).
+Our additions sit beside the Trustee key they extend and are documented there. Unknown
+keys are an error that names the key. ``KBS_``-prefixed environment variables override
+the file (``__`` separates nesting levels, e.g. ``KBS_DATABASE__URL``).
+
+Anything that weakens security is named ``insecure_*``, defaults to off, is logged as a
+warning at start-up, and (for our own ``insecure_*`` settings) is refused when
+``environment = "production"``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Final, Literal
+
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from kbs import __version__
+
+_logger = logging.getLogger(__name__)
+
+__all__ = [
+    "AdminSettings",
+    "AttestationServiceSettings",
+    "AttestationTokenSettings",
+    "ConfigError",
+    "DatabaseSettings",
+    "HttpServerSettings",
+    "KbsSettings",
+    "ResourcePluginSettings",
+    "development_settings",
+    "load_settings",
+]
+
+#: The environment variable naming the configuration file (as in the reference).
+CONFIG_FILE_ENV: Final = "KBS_CONFIG_FILE"
+
+#: Trustee's default session lifetime, in minutes.
+DEFAULT_SESSION_MINUTES: Final = 5
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; the message names every offending key."""
+
+
+class _Section(BaseModel):
+    """Base of every configuration section: unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+# --------------------------------------------------------------------------- database
+
+
+class DatabaseSettings(_Section):
+    """``[database]`` (our addition): where sessions, policies and keys live.
+
+    Several server processes pointing at one database serve one guest's requests
+    interchangeably. Default: SQLite at ``<data_dir>/kbs.db``.
+    """
+
+    url: SecretStr | None = None
+    #: Run schema migrations when the server starts (safe with concurrent starts).
+    migrate_on_start: bool = True
+    #: Connection pool size per process (PostgreSQL).
+    pool_size: int = Field(default=10, ge=1, le=200)
+    #: Seconds to wait for a connection or a statement before answering 503.
+    timeout_s: float = Field(default=5.0, gt=0, le=120)
+
+
+# --------------------------------------------------------------------------- http
+
+
+class HttpServerSettings(_Section):
+    """``[http_server]`` (Trustee keys, plus ``path_prefix``)."""
+
+    sockets: list[str] = Field(default_factory=lambda: ["127.0.0.1:8080"])
+    insecure_http: bool = False
+    private_key: Path | None = None
+    certificate: Path | None = None
+    #: Request body limit in MiB (Trustee's default 2).
+    payload_request_size: int = Field(default=2, ge=1, le=1024)
+    worker_count: int | None = Field(default=None, ge=1, le=256)
+    tls_profile: Literal["old", "intermediate", "modern", "custom"] = "intermediate"
+    tls_min_version: Literal["1.2", "1.3"] | None = None
+    tls_max_version: Literal["1.2", "1.3"] | None = None
+    tls_ciphers: str | None = None
+    tls_groups: str | None = None
+
+    @field_validator("sockets")
+    @classmethod
+    def _check_sockets(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("at least one socket address is required")
+        for sock in value:
+            host, sep, port = sock.rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:  # noqa: PLR2004
+                raise ValueError(f"socket {sock!r} is not host:port")
+        return value
+
+    def tls_files(self) -> tuple[Path, Path] | None:
+        """Return ``(private_key, certificate)`` for HTTPS, or ``None`` for plain HTTP.
+
+        Raises:
+            ConfigError: HTTPS is required but a file is not configured.
+        """
+        if self.insecure_http:
+            return None
+        if self.private_key is None or self.certificate is None:
+            raise ConfigError(
+                "http_server: HTTPS needs private_key and certificate (or insecure_http = "
+                "true, e.g. behind a TLS-terminating load balancer)"
+            )
+        return self.private_key, self.certificate
+
+
+# --------------------------------------------------------------------------- tokens
+
+
+class AttestationTokenSettings(_Section):
+    """``[attestation_token]``: which attestation tokens resource requests accept.
+
+    Tokens signed by this server's own token signer are always accepted.
+    """
+
+    trusted_certs_paths: list[Path] = Field(default_factory=list)
+    trusted_jwk_sets: list[str] = Field(default_factory=list)
+    extra_teekey_paths: list[str] = Field(default_factory=list)
+    insecure_header_jwk: bool = Field(
+        default=False, validation_alias=AliasChoices("insecure_header_jwk", "insecure_key")
+    )
+
+    @field_validator("extra_teekey_paths")
+    @classmethod
+    def _check_pointers(cls, value: list[str]) -> list[str]:
+        for pointer in value:
+            if pointer and not pointer.startswith("/"):
+                raise ValueError(f"{pointer!r} is not a JSON pointer (must start with '/')")
+        return value
+
+
+class SignerSettings(_Section):
+    """``[attestation_service.attestation_token_broker.signer]``: EC P-256 signing key."""
+
+    key_path: Path
+    cert_path: Path | None = None
+    cert_url: str | None = None
+
+
+class TokenBrokerSettings(_Section):
+    """``[attestation_service.attestation_token_broker]``."""
+
+    type: Literal["Ear", "ear"] = "Ear"
+    duration_min: int = Field(default=5, ge=1, le=24 * 60)
+    issuer_name: str = "CoCo-Attestation-Service"
+    developer_name: str = "https://confidentialcontainers.org"
+    build_name: str = f"confidential-kbs {__version__}"
+    profile_name: str = "tag:github.com,2024:confidential-containers/Trustee"
+    verbose_token: bool = True
+    signer: SignerSettings | None = None
+    #: Legacy key (policies now live in the database); accepted and ignored.
+    policy_dir: str | None = None
+
+
+class RvpsSettings(_Section):
+    """``[attestation_service.rvps_config]``: only the built-in RVPS exists here."""
+
+    type: Literal["BuiltIn", "builtin"] = "BuiltIn"
+    #: Accepted for compatibility; reference values live in the database.
+    storage_type: str | None = None
+    extractors: dict[str, Any] | None = None
+
+
+class DcapVerifierSettings(_Section):
+    """``[attestation_service.verifier_config.dcap_verifier]``."""
+
+    collateral_service: str | None = None
+    tcb_update_type: Literal["early", "standard"] = "standard"
+
+
+class VerifierConfigSettings(_Section):
+    """``[attestation_service.verifier_config]``."""
+
+    dcap_verifier: DcapVerifierSettings = Field(default_factory=DcapVerifierSettings)
+
+
+class AttestationServiceSettings(_Section):
+    """``[attestation_service]``: the built-in attestation service.
+
+    ``timeout`` is the RCAR session lifetime in minutes, as in the reference.
+    """
+
+    type: Literal["coco_as_builtin", "CoCoASBuiltIn"] = "coco_as_builtin"
+    timeout: int = Field(default=DEFAULT_SESSION_MINUTES, ge=1, le=24 * 60)
+    attestation_token_broker: TokenBrokerSettings = Field(default_factory=TokenBrokerSettings)
+    rvps_config: RvpsSettings = Field(default_factory=RvpsSettings)
+    verifier_config: VerifierConfigSettings = Field(default_factory=VerifierConfigSettings)
+    #: Accepted for compatibility (AS storage is the database).
+    storage_type: str | None = None
+    #: Legacy keys, accepted and ignored.
+    work_dir: str | None = None
+    policy_engine: str | None = None
+    #: Ours: register the software-only ``sample``/``sampledevice`` verifiers.
+    insecure_allow_sample_evidence: bool = False
+
+    @field_validator("type", mode="before")
+    @classmethod
+    def _only_builtin(cls, value: Any) -> Any:
+        if value in ("coco_as_grpc", "CoCoASGrpc", "intel_ta", "IntelTA"):
+            raise ValueError(
+                f"attestation service type {value!r} is not supported; "
+                "this server has the attestation service built in (coco_as_builtin)"
+            )
+        return value
+
+
+# --------------------------------------------------------------------------- admin
+
+
+class IdentityProviderSettings(_Section):
+    """One ``identity_providers`` entry of ``[admin.authentication.bearer_jwt]``."""
+
+    issuer: str | None = None
+    audience: str | None = None
+    public_key_uri: str | None = None
+    jwk_set_uri: str | None = None
+
+    @model_validator(mode="after")
+    def _needs_key(self) -> IdentityProviderSettings:
+        if not self.public_key_uri and not self.jwk_set_uri:
+            raise ValueError("an identity provider needs public_key_uri and/or jwk_set_uri")
+        return self
+
+
+class BearerJwtSettings(_Section):
+    """``[admin.authentication.bearer_jwt]``."""
+
+    identity_providers: list[IdentityProviderSettings] = Field(min_length=1)
+
+
+class AdminAuthenticationSettings(_Section):
+    """``[admin.authentication]``."""
+
+    bearer_jwt: BearerJwtSettings
+
+
+class RegexAclEntry(_Section):
+    """One ``acls`` entry: a role and the request paths it may call."""
+
+    role: str
+    allowed_endpoints: str
+
+    @field_validator("allowed_endpoints")
+    @classmethod
+    def _anchored(cls, value: str) -> str:
+        if not value.startswith("^/kbs") or not value.endswith("$"):
+            raise ValueError("allowed_endpoints must start with '^/kbs' and end with '$'")
+        return value
+
+
+class RegexAclSettings(_Section):
+    """``[admin.authorization.regex_acl]``."""
+
+    acls: list[RegexAclEntry] = Field(default_factory=list)
+
+
+class AdminAuthorizationSettings(_Section):
+    """``[admin.authorization]``."""
+
+    regex_acl: RegexAclSettings = Field(default_factory=RegexAclSettings)
+
+
+class LegacyPersona(_Section):
+    """v0.16-v0.20 ``[[admin.personas]]``: an Ed25519 public key per admin."""
+
+    id: str
+    public_key_path: Path
+
+
+class LegacyRole(_Section):
+    """v0.16-v0.20 ``[[admin.roles]]``: endpoints a persona id may call."""
+
+    id: str
+    allowed_endpoints: str
+
+
+class AdminSettings(_Section):
+    """``[admin]``: how admin requests are authenticated and authorised.
+
+    Without an ``[admin]`` section every admin request is denied (the reference allows
+    all; see docs/compatibility.md).
+    """
+
+    authorization_mode: (
+        Literal["InsecureAllowAll", "DenyAll", "AuthenticatedAuthorization"] | None
+    ) = None
+    authentication: AdminAuthenticationSettings | None = None
+    authorization: AdminAuthorizationSettings | None = None
+    # v0.16-v0.20 shape
+    type: Literal["Simple", "InsecureAllowAll", "DenyAll"] | None = None
+    personas: list[LegacyPersona] = Field(default_factory=list)
+    roles: list[LegacyRole] = Field(default_factory=list)
+    # <= v0.15 shape
+    auth_public_key: Path | None = None
+    insecure_api: bool | None = None
+
+    @model_validator(mode="after")
+    def _one_shape(self) -> AdminSettings:
+        shapes = [
+            self.authorization_mode is not None,
+            self.type is not None,
+            self.auth_public_key is not None or self.insecure_api is not None,
+        ]
+        if sum(shapes) > 1:
+            raise ValueError(
+                "use one admin configuration form: authorization_mode (v0.21), "
+                "type (v0.16-v0.20) or auth_public_key/insecure_api (<= v0.15)"
+            )
+        if self.authorization_mode == "AuthenticatedAuthorization" and self.authentication is None:
+            raise ValueError("AuthenticatedAuthorization needs [admin.authentication.bearer_jwt]")
+        if self.type == "Simple" and not self.personas:
+            raise ValueError("admin type Simple needs at least one persona")
+        return self
+
+
+# --------------------------------------------------------------------------- storage
+
+
+class LocalFsKvSettings(_Section):
+    """``[storage_backend.backends.local_fs]``."""
+
+    dir_path: Path = Path("/opt/confidential-containers/storage/local_fs")
+
+
+class PostgresKvSettings(_Section):
+    """``[storage_backend.backends.postgres]``."""
+
+    host: str = "localhost"
+    port: int = 5432
+    db: str = "postgres"
+    username: str = "postgres"
+    password: SecretStr | None = None
+
+
+class KvBackendsSettings(_Section):
+    """``[storage_backend.backends]``."""
+
+    local_fs: LocalFsKvSettings = Field(default_factory=LocalFsKvSettings)
+    postgres: PostgresKvSettings | None = None
+    local_json: dict[str, Any] | None = None
+    redis: dict[str, Any] | None = None
+
+
+_KV_TYPES: Final = {
+    "memory": "Memory",
+    "localfs": "LocalFs",
+    "local_fs": "LocalFs",
+    "postgres": "Postgres",
+    "localjson": "LocalJson",
+    "local_json": "LocalJson",
+    "redis": "Redis",
+}
+
+
+class StorageBackendSettings(_Section):
+    """``[storage_backend]``: Trustee's unified key-value store (v0.20+).
+
+    We keep sessions, policies and reference values in ``[database]``; this section
+    decides where ``kvstorage`` resources live: ``LocalFs`` (files, Trustee's flat
+    layout), ``Postgres`` (the database given here) or ``Memory``.
+    """
+
+    storage_type: Literal["Memory", "LocalFs", "Postgres"] = "Memory"
+    backends: KvBackendsSettings = Field(default_factory=KvBackendsSettings)
+
+    @field_validator("storage_type", mode="before")
+    @classmethod
+    def _normalise(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            canonical = _KV_TYPES.get(value.lower(), value)
+            if canonical in ("LocalJson", "Redis"):
+                raise ValueError(
+                    f"storage_type {value!r} is not supported; use LocalFs or Postgres "
+                    "(sessions always live in [database])"
+                )
+            return canonical
+        return value
+
+
+_RESOURCE_BACKEND_TYPES: Final = {
+    "kvstorage": "kvstorage",
+    "localfs": "LocalFs",
+    "local_fs": "LocalFs",
+    "aliyun": "Aliyun",
+}
+
+
+class ResourcePluginSettings(_Section):
+    """``[[plugins]] name = "resource"``: where resources come from.
+
+    ``storage_backend_type`` (``type`` before v0.20): ``kvstorage`` (the
+    ``[storage_backend]`` store), ``LocalFs`` (legacy: real directories under
+    ``dir_path``), or ``Aliyun`` (KMS).
+    """
+
+    name: Literal["resource"]
+    storage_backend_type: Literal["kvstorage", "LocalFs", "Aliyun"] = Field(
+        default="kvstorage", validation_alias=AliasChoices("storage_backend_type", "type")
+    )
+    dir_path: Path = Path("/opt/confidential-containers/kbs/repository")
+    #: Aliyun KMS (Trustee keys: contents, not paths).
+    client_key: SecretStr | None = None
+    kms_instance_id: str | None = None
+    password: SecretStr | None = None
+    cert_pem: str | None = None
+
+    @field_validator("storage_backend_type", mode="before")
+    @classmethod
+    def _normalise(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            canonical = _RESOURCE_BACKEND_TYPES.get(value.lower())
+            if canonical is None:
+                raise ValueError(f"resource storage backend {value!r} is not supported")
+            return canonical
+        return value
+
+
+class PolicyEngineSettings(_Section):
+    """Legacy (<= v0.18) ``[policy_engine]``: a resource policy file installed at start-up."""
+
+    policy_path: Path | None = None
+
+
+# --------------------------------------------------------------------------- root
+
+
+class KbsSettings(BaseSettings):
+    """The whole configuration."""
+
+    model_config = SettingsConfigDict(
+        extra="forbid",
+        frozen=True,
+        env_prefix="KBS_",
+        env_nested_delimiter="__",
+        populate_by_name=True,
+    )
+
+    #: ``production`` refuses our ``insecure_*`` settings; ``development`` allows them.
+    environment: Literal["production", "development"] = "production"
+    #: Where default locations (SQLite file, resources, generated keys) live.
+    data_dir: Path = Path("data")
+    #: Trustee key; sessions always live in ``[database]`` here.
+    session_storage_type: str | None = None
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    http_server: HttpServerSettings = Field(default_factory=HttpServerSettings)
+    attestation_token: AttestationTokenSettings = Field(default_factory=AttestationTokenSettings)
+    attestation_service: AttestationServiceSettings = Field(
+        default_factory=AttestationServiceSettings
+    )
+    admin: AdminSettings | None = None
+    storage_backend: StorageBackendSettings | None = None
+    plugins: list[ResourcePluginSettings] = Field(default_factory=list)
+    policy_engine: PolicyEngineSettings | None = None
+
+    @field_validator("plugins", mode="before")
+    @classmethod
+    def _known_plugins(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            for entry in value:
+                name = entry.get("name") if isinstance(entry, dict) else None
+                if name != "resource":
+                    raise ValueError(f"plugin {name!r} is not supported (only 'resource')")
+        return value
+
+    @model_validator(mode="after")
+    def _production_refuses_insecure(self) -> KbsSettings:
+        if (
+            self.environment == "production"
+            and self.attestation_service.insecure_allow_sample_evidence
+        ):
+            raise ValueError(
+                "attestation_service.insecure_allow_sample_evidence is refused when "
+                'environment = "production"'
+            )
+        if len([p for p in self.plugins if p.name == "resource"]) > 1:
+            raise ValueError("only one resource plugin may be configured")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Environment variables override the file (passed as init values)."""
+        del settings_cls, dotenv_settings, file_secret_settings
+        return (env_settings, init_settings)
+
+    # ------------------------------------------------------------------ derived
+
+    @property
+    def database_url(self) -> str:
+        """The SQLAlchemy URL of the database, before driver selection."""
+        if self.database.url is not None:
+            return self.database.url.get_secret_value()
+        backend = self.storage_backend
+        if backend is not None and backend.storage_type == "Postgres":
+            pg = backend.backends.postgres or PostgresKvSettings()
+            password = pg.password.get_secret_value() if pg.password else ""
+            auth = f"{pg.username}:{password}" if password else pg.username
+            return f"postgresql://{auth}@{pg.host}:{pg.port}/{pg.db}"
+        return f"sqlite:///{(self.data_dir / 'kbs.db').as_posix()}"
+
+    @property
+    def resource_plugin(self) -> ResourcePluginSettings | None:
+        """The resource plugin section, if configured."""
+        return next((p for p in self.plugins if p.name == "resource"), None)
+
+    def insecure_settings(self) -> list[str]:
+        """Names of the security-weakening settings that are on (logged at start-up)."""
+        found = []
+        if self.http_server.insecure_http:
+            found.append("http_server.insecure_http")
+        if self.attestation_token.insecure_header_jwk:
+            found.append("attestation_token.insecure_header_jwk")
+        if self.attestation_service.insecure_allow_sample_evidence:
+            found.append("attestation_service.insecure_allow_sample_evidence")
+        admin = self.admin
+        if admin is not None and (
+            admin.authorization_mode == "InsecureAllowAll"
+            or admin.type == "InsecureAllowAll"
+            or admin.insecure_api
+        ):
+            found.append("admin: every admin request is allowed")
+        return found
+
+
+def _format_validation_error(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(part) for part in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"{loc}: unknown key")
+        else:
+            lines.append(f"{loc}: {err['msg']}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def load_settings(
+    path: Path | None = None, *, overrides: dict[str, Any] | None = None
+) -> KbsSettings:
+    """Load settings from a TOML file (or ``$KBS_CONFIG_FILE``) plus the environment.
+
+    Args:
+        path: the TOML file; ``None`` reads ``$KBS_CONFIG_FILE`` if set, else defaults.
+        overrides: values applied on top of the file (used by ``--dev``).
+
+    Raises:
+        ConfigError: the file is unreadable, not TOML, or fails validation.
+    """
+    if path is None and os.environ.get(CONFIG_FILE_ENV):
+        path = Path(os.environ[CONFIG_FILE_ENV])
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with path.open("rb") as fh:
+                data = tomllib.load(fh)
+        except OSError as exc:
+            raise ConfigError(f"cannot read configuration file {path}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"configuration file {path} is not valid TOML: {exc}") from exc
+    if overrides:
+        data = _deep_merge(data, overrides)
+    try:
+        return KbsSettings(**data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc)) from exc
+
+
+def _deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def development_settings(data_dir: Path = Path("data")) -> dict[str, Any]:
+    """The embedded development profile, as overrides for :func:`load_settings`.
+
+    SQLite and resource files under ``data_dir``, plain HTTP on 127.0.0.1:8080, the
+    sample TEE allowed, and admin requests authenticated with a key pair generated under
+    ``data_dir/admin`` (see ``kbs serve --dev``).
+    """
+    return {
+        "environment": "development",
+        "data_dir": str(data_dir),
+        "http_server": {"sockets": ["127.0.0.1:8080"], "insecure_http": True},
+        "attestation_service": {"insecure_allow_sample_evidence": True},
+        "plugins": [
+            {
+                "name": "resource",
+                "type": "LocalFs",
+                "dir_path": str(data_dir / "repository"),
+            }
+        ],
+    }

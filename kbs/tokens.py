@@ -1,0 +1,372 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Attestation tokens: signing our EAR tokens and verifying tokens on resource requests.
+
+Our tokens are ES256 JWTs whose header carries the signer's public key twice over: as
+the reference does (``jwk``) and as a ``kid`` (RFC 7638 thumbprint) that our JWKS
+endpoint publishes. A resource request's token is verified on every request, even when
+it comes from the session: signature, then ``exp`` (judged at the request's instant),
+then the TEE public key is extracted.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import json
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import jwt
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
+
+from kbs.errors import TokenVerifierError
+
+_logger = logging.getLogger(__name__)
+
+__all__ = [
+    "DEFAULT_TEEKEY_POINTERS",
+    "TokenSigner",
+    "TokenVerifier",
+    "jwk_thumbprint",
+    "public_jwk",
+    "resolve_pointer",
+]
+
+#: Leeway on ``exp`` (seconds), as the reference's JWT library applies.
+EXP_LEEWAY_S: Final = 60
+
+#: Largest token accepted (verbose EAR tokens with event logs reach ~100 KiB).
+MAX_TOKEN_BYTES: Final = 512 * 1024
+
+#: Where tokens of known issuers keep the TEE key, tried after ``extra_teekey_paths``.
+DEFAULT_TEEKEY_POINTERS: Final = (
+    "/tdx/attester_runtime_data/tee-pubkey",
+    "/tdx/attester_user_data/tee-pubkey",
+    "/customized_claims/runtime_data/tee-pubkey",
+    "/submods/cpu0/ear.veraison.annotated-evidence/runtime_data_claims/tee-pubkey",
+    "/tee-pubkey",
+)
+
+#: JWS algorithms a token may use; the key's own ``alg`` must also agree.
+_ALGORITHMS: Final = {
+    "ES256": ("EC", "P-256"),
+    "ES384": ("EC", "P-384"),
+    "RS256": ("RSA", None),
+    "RS384": ("RSA", None),
+    "RS512": ("RSA", None),
+    "PS256": ("RSA", None),
+    "PS384": ("RSA", None),
+    "EdDSA": ("OKP", "Ed25519"),
+}
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def public_jwk(key: ec.EllipticCurvePublicKey) -> dict[str, str]:
+    """The JWK of a P-256 public key, members as the reference emits them."""
+    numbers = key.public_numbers()
+    return {
+        "kty": "EC",
+        "crv": "P-256",
+        "alg": "ES256",
+        "x": _b64url(numbers.x.to_bytes(32, "big")),
+        "y": _b64url(numbers.y.to_bytes(32, "big")),
+    }
+
+
+def jwk_thumbprint(jwk: Mapping[str, Any]) -> str:
+    """RFC 7638 SHA-256 thumbprint of an EC, RSA or OKP JWK (base64url)."""
+    kty = jwk.get("kty")
+    if kty == "EC":
+        members = {k: jwk[k] for k in ("crv", "kty", "x", "y")}
+    elif kty == "RSA":
+        members = {k: jwk[k] for k in ("e", "kty", "n")}
+    elif kty == "OKP":
+        members = {k: jwk[k] for k in ("crv", "kty", "x")}
+    else:
+        raise ValueError(f"unsupported kty {kty!r}")
+    canonical = json.dumps(members, separators=(",", ":"), sort_keys=True).encode()
+    return _b64url(hashlib.sha256(canonical).digest())
+
+
+class TokenSigner:
+    """Signs EAR tokens with one EC P-256 key."""
+
+    def __init__(
+        self,
+        private_key: ec.EllipticCurvePrivateKey,
+        *,
+        cert_chain: Sequence[x509.Certificate] = (),
+        cert_url: str | None = None,
+    ) -> None:
+        """Sign with ``private_key``; ``cert_chain`` (leaf first) goes into ``jwk.x5c``.
+
+        Raises:
+            ValueError: the key is not on P-256, or the chain's leaf is another key.
+        """
+        if not isinstance(private_key.curve, ec.SECP256R1):
+            raise ValueError("the token signing key must be an EC P-256 key")
+        self._key = private_key
+        self.public_key = private_key.public_key()
+        jwk: dict[str, Any] = public_jwk(self.public_key)
+        if cert_url:
+            jwk["x5u"] = cert_url
+        if cert_chain:
+            if cert_chain[0].public_key() != self.public_key:
+                raise ValueError("the signer certificate does not match the signing key")
+            jwk["x5c"] = [
+                base64.b64encode(c.public_bytes(serialization.Encoding.DER)).decode()
+                for c in cert_chain
+            ]
+        self.jwk: Mapping[str, Any] = jwk
+        self.kid = jwk_thumbprint(jwk)
+        self._headers = {"typ": "JWT", "jwk": dict(jwk), "kid": self.kid}
+
+    def sign(self, claims: Mapping[str, Any]) -> str:
+        """Return the compact JWS of ``claims``."""
+        return jwt.encode(dict(claims), self._key, algorithm="ES256", headers=self._headers)
+
+    def jwks(self) -> dict[str, Any]:
+        """The JWK Set publishing this signer's key."""
+        return {"keys": [{**self.jwk, "kid": self.kid, "use": "sig"}]}
+
+
+@dataclass(frozen=True, slots=True)
+class _TrustedKey:
+    key: Any
+    alg: str | None
+
+
+def _key_from_jwk(jwk: Mapping[str, Any]) -> Any:
+    kty = jwk.get("kty")
+    data = json.dumps(dict(jwk))
+    if kty == "EC":
+        return ECAlgorithm.from_jwk(data)
+    if kty == "RSA":
+        return RSAAlgorithm.from_jwk(data)
+    if kty == "OKP":
+        return OKPAlgorithm.from_jwk(data)
+    raise TokenVerifierError(f"unsupported key type {kty!r} in token signer jwk")
+
+
+def _same_public_key(a: Any, b: Any) -> bool:
+    fmt = serialization.PublicFormat.SubjectPublicKeyInfo
+    enc = serialization.Encoding.DER
+    try:
+        return bool(a.public_bytes(enc, fmt) == b.public_bytes(enc, fmt))
+    except (AttributeError, ValueError):
+        return False
+
+
+@dataclass
+class TokenVerifier:
+    """Verifies attestation tokens from our own signer and from configured issuers.
+
+    Attributes:
+        own_keys: public keys of this deployment's signer(s) (always trusted).
+        trusted_certs: CA certificates; a token whose header ``jwk`` carries an ``x5c``
+            chain to one of them is trusted (the reference's ``trusted_certs_paths``).
+        trusted_jwks: keys by ``kid`` from configured JWK sets (``trusted_jwk_sets``).
+        insecure_header_jwk: trust whatever key the token's header carries.
+        extra_teekey_paths: JSON pointers tried first when extracting the TEE key.
+    """
+
+    own_keys: Sequence[ec.EllipticCurvePublicKey]
+    trusted_certs: Sequence[x509.Certificate] = ()
+    trusted_jwks: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    insecure_header_jwk: bool = False
+    extra_teekey_paths: Sequence[str] = ()
+
+    def verify(self, token: str, *, at: dt.datetime) -> dict[str, Any]:
+        """Verify ``token`` at instant ``at`` and return its claims.
+
+        Raises:
+            TokenVerifierError: malformed token, ``alg=none`` or unknown algorithm,
+                untrusted signer, bad signature, missing or past ``exp``.
+        """
+        # 1. Size and shape before any parsing work.
+        if len(token) > MAX_TOKEN_BYTES or token.count(".") != 2:  # noqa: PLR2004
+            raise TokenVerifierError("malformed attestation token")
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError as exc:
+            raise TokenVerifierError("malformed attestation token header") from exc
+        # 2. The algorithm must be one we accept; "none" never is.
+        alg = header.get("alg")
+        if not isinstance(alg, str) or alg not in _ALGORITHMS:
+            raise TokenVerifierError(f"token algorithm {alg!r} is not accepted")
+        # 3. Select a trusted key for this token.
+        trusted = self._select_key(header, at=at)
+        if trusted.alg is not None and trusted.alg != alg:
+            raise TokenVerifierError("token algorithm does not match its signing key")
+        _check_key_type(trusted.key, alg)
+        # 4. Signature (PyJWT), then expiry judged at the request's instant.
+        try:
+            claims = jwt.decode(
+                token,
+                key=trusted.key,
+                algorithms=[alg],
+                options={
+                    "verify_signature": True,
+                    "verify_exp": False,  # checked below against `at`, not the wall clock
+                    "verify_nbf": False,
+                    "verify_iat": False,
+                    "verify_aud": False,
+                    "verify_iss": False,
+                },
+            )
+        except jwt.PyJWTError as exc:
+            raise TokenVerifierError("token signature verification failed") from exc
+        exp = claims.get("exp")
+        if isinstance(exp, bool) or not isinstance(exp, int | float):
+            raise TokenVerifierError("token has no valid exp claim")
+        if at.timestamp() > exp + EXP_LEEWAY_S:
+            raise TokenVerifierError("token has expired")
+        return claims
+
+    def _select_key(self, header: Mapping[str, Any], *, at: dt.datetime) -> _TrustedKey:
+        jwk = header.get("jwk")
+        if isinstance(jwk, dict):
+            key = _key_from_jwk(jwk)
+            # a. Our own signer.
+            if any(_same_public_key(key, own) for own in self.own_keys):
+                return _TrustedKey(key, "ES256")
+            key_alg = jwk.get("alg") if isinstance(jwk.get("alg"), str) else None
+            # b. A certificate chain to a configured trust anchor.
+            x5c = jwk.get("x5c")
+            if isinstance(x5c, list) and x5c and self.trusted_certs:
+                leaf = _verify_x5c(x5c, self.trusted_certs, at=at)
+                if not _same_public_key(leaf.public_key(), key):
+                    raise TokenVerifierError("token jwk does not match its x5c leaf certificate")
+                return _TrustedKey(key, key_alg)
+            # c. Deliberately trusting whatever key the header carries.
+            if self.insecure_header_jwk:
+                if key_alg is None:
+                    raise TokenVerifierError("token jwk has no alg")
+                return _TrustedKey(key, key_alg)
+            raise TokenVerifierError("token signer is not trusted")
+        kid = header.get("kid")
+        if isinstance(kid, str) and kid in self.trusted_jwks:
+            entry = self.trusted_jwks[kid]
+            return _TrustedKey(_key_from_jwk(entry), entry.get("alg"))
+        raise TokenVerifierError("token signer is not trusted")
+
+    def tee_pubkey(self, claims: Mapping[str, Any]) -> Mapping[str, Any]:
+        """Extract the TEE public key (a JWK object) from verified claims.
+
+        Raises:
+            TokenVerifierError: no configured or known pointer yields a JSON object.
+        """
+        for pointer in (*self.extra_teekey_paths, *DEFAULT_TEEKEY_POINTERS):
+            found = resolve_pointer(claims, pointer)
+            if found is not None:
+                if not isinstance(found, dict):
+                    raise TokenVerifierError("tee-pubkey in token is not a JSON object")
+                return found
+        raise TokenVerifierError("token carries no tee-pubkey")
+
+
+def _check_key_type(key: Any, alg: str) -> None:
+    kty, crv = _ALGORITHMS[alg]
+    if kty == "EC":
+        ok = isinstance(key, ec.EllipticCurvePublicKey) and (
+            (crv == "P-256" and isinstance(key.curve, ec.SECP256R1))
+            or (crv == "P-384" and isinstance(key.curve, ec.SECP384R1))
+        )
+    elif kty == "RSA":
+        ok = isinstance(key, rsa.RSAPublicKey) and key.key_size >= 2048  # noqa: PLR2004
+    else:
+        ok = isinstance(key, ed25519.Ed25519PublicKey)
+    if not ok:
+        raise TokenVerifierError(f"token key does not fit algorithm {alg}")
+
+
+def _decode_cert(entry: Any) -> x509.Certificate:
+    if not isinstance(entry, str):
+        raise TokenVerifierError("x5c entry is not a string")
+    padded = entry + "=" * (-len(entry) % 4)
+    try:
+        # The reference accepts standard and URL-safe base64 in x5c.
+        der = base64.b64decode(padded.replace("-", "+").replace("_", "/"), validate=True)
+        return x509.load_der_x509_certificate(der)
+    except ValueError as exc:
+        raise TokenVerifierError("x5c entry is not a DER certificate") from exc
+
+
+def _valid_at(cert: x509.Certificate, at: dt.datetime) -> bool:
+    return cert.not_valid_before_utc <= at <= cert.not_valid_after_utc
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return False
+
+
+def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def _verify_x5c(
+    x5c: Sequence[Any], anchors: Iterable[x509.Certificate], *, at: dt.datetime
+) -> x509.Certificate:
+    """Verify a leaf-first chain to one of ``anchors`` at ``at``; return the leaf.
+
+    The chain may be complete (ending in an anchor), or end in a certificate issued by
+    an anchor, or the anchors may hold intermediates (partial chains), as the
+    reference's OpenSSL store allows. Every certificate must be valid at ``at``; every
+    issuer must be a CA. Intermediates may appear in any order.
+    """
+    chain = [_decode_cert(entry) for entry in x5c[:10]]
+    anchor_list = list(anchors)
+    leaf = chain[0]
+    pool = chain[1:]
+    current = leaf
+    for _ in range(len(chain) + 1):
+        if not _valid_at(current, at):
+            raise TokenVerifierError("token certificate chain is not valid at this time")
+        for anchor in anchor_list:
+            if current == anchor or (
+                _is_ca(anchor) and _valid_at(anchor, at) and _issued_by(current, anchor)
+            ):
+                return leaf
+        parent = next((c for c in pool if _is_ca(c) and _issued_by(current, c)), None)
+        if parent is None:
+            break
+        pool.remove(parent)
+        current = parent
+    raise TokenVerifierError("token certificate chain does not lead to a trusted certificate")
+
+
+def resolve_pointer(doc: Any, pointer: str) -> Any:
+    """Resolve an RFC 6901 JSON pointer; ``None`` when it does not exist."""
+    if pointer == "":
+        return doc
+    if not pointer.startswith("/"):
+        return None
+    current = doc
+    for raw in pointer[1:].split("/"):
+        part = raw.replace("~1", "/").replace("~0", "~")
+        if isinstance(current, dict):
+            if part not in current:
+                return None
+            current = current[part]
+        elif isinstance(current, list) and part.isdigit() and int(part) < len(current):
+            current = current[int(part)]
+        else:
+            return None
+    return current

@@ -1,0 +1,189 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Configuration: Trustee's shapes load, unknown keys are named, env overrides the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kbs.settings import ConfigError, load_settings
+
+TRUSTEE_V021 = """
+[http_server]
+sockets = ["0.0.0.0:8080"]
+insecure_http = true
+payload_request_size = 4
+
+[attestation_token]
+insecure_header_jwk = false
+trusted_certs_paths = []
+
+[attestation_service]
+type = "coco_as_builtin"
+timeout = 30
+
+[attestation_service.attestation_token_broker]
+duration_min = 5
+
+[attestation_service.rvps_config]
+type = "BuiltIn"
+
+[attestation_service.verifier_config.dcap_verifier]
+collateral_service = "https://sgx-dcap-server.cn-beijing.aliyuncs.com/sgx/certification/v4/"
+tcb_update_type = "standard"
+
+[admin]
+authorization_mode = "AuthenticatedAuthorization"
+[admin.authentication.bearer_jwt]
+identity_providers = [{ issuer = "issuer", audience = "kbs", public_key_uri = "/etc/kbs/admin.pub" }]
+[admin.authorization.regex_acl]
+acls = [{ role = "admin", allowed_endpoints = "^/kbs/.+$" }]
+
+[storage_backend]
+storage_type = "LocalFs"
+[storage_backend.backends.local_fs]
+dir_path = "/opt/confidential-containers/storage"
+
+[[plugins]]
+name = "resource"
+storage_backend_type = "kvstorage"
+"""
+
+LEGACY_PLUGINS = """
+[http_server]
+insecure_http = true
+
+[[plugins]]
+name = "resource"
+type = "LocalFs"
+dir_path = "/opt/trustee/kbs/repository"
+"""
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "kbs-config.toml"
+    path.write_text(text)
+    return path
+
+
+def test_trustee_v021_config_loads(tmp_path: Path) -> None:
+    settings = load_settings(_write(tmp_path, TRUSTEE_V021))
+    assert settings.attestation_service.timeout == 30
+    assert settings.http_server.payload_request_size == 4
+    assert settings.admin is not None
+    assert settings.admin.authorization_mode == "AuthenticatedAuthorization"
+    assert settings.storage_backend is not None
+    assert settings.storage_backend.storage_type == "LocalFs"
+    assert settings.resource_plugin is not None
+    assert settings.resource_plugin.storage_backend_type == "kvstorage"
+
+
+def test_legacy_plugin_form_loads(tmp_path: Path) -> None:
+    settings = load_settings(_write(tmp_path, LEGACY_PLUGINS))
+    plugin = settings.resource_plugin
+    assert plugin is not None
+    assert plugin.storage_backend_type == "LocalFs"
+    assert plugin.dir_path == Path("/opt/trustee/kbs/repository")
+
+
+def test_storage_type_aliases(tmp_path: Path) -> None:
+    text = '[storage_backend]\nstorage_type = "local_fs"\n'
+    assert load_settings(_write(tmp_path, text)).storage_backend.storage_type == "LocalFs"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("bogus = 1\n", "bogus: unknown key"),
+        ("[http_server]\nsocket = []\n", "http_server.socket: unknown key"),
+        (
+            "[attestation_service]\ntimeout_minutes = 3\n",
+            "attestation_service.timeout_minutes: unknown key",
+        ),
+        (
+            "[attestation_service.attestation_token_broker]\nduration = 3\n",
+            "attestation_service.attestation_token_broker.duration: unknown key",
+        ),
+        ('[[plugins]]\nname = "resource"\nfoo = 1\n', "plugins.0.foo: unknown key"),
+    ],
+)
+def test_unknown_keys_are_named(tmp_path: Path, text: str, key: str) -> None:
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_settings(_write(tmp_path, text))
+
+
+def test_unsupported_values_are_explained(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="coco_as_grpc.*not supported"):
+        load_settings(_write(tmp_path, '[attestation_service]\ntype = "coco_as_grpc"\n'))
+    with pytest.raises(ConfigError, match="plugin 'nebula-ca' is not supported"):
+        load_settings(_write(tmp_path, '[[plugins]]\nname = "nebula-ca"\n'))
+    with pytest.raises(ConfigError, match="Redis.*not supported"):
+        load_settings(_write(tmp_path, '[storage_backend]\nstorage_type = "Redis"\n'))
+
+
+def test_production_refuses_sample_evidence(tmp_path: Path) -> None:
+    text = "[attestation_service]\ninsecure_allow_sample_evidence = true\n"
+    with pytest.raises(ConfigError, match="refused when environment"):
+        load_settings(_write(tmp_path, text))
+    ok = load_settings(_write(tmp_path, 'environment = "development"\n' + text))
+    assert ok.attestation_service.insecure_allow_sample_evidence
+
+
+def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KBS_DATABASE__URL", "postgresql://u@db:5432/kbs")
+    monkeypatch.setenv("KBS_ATTESTATION_SERVICE__TIMEOUT", "9")
+    settings = load_settings(_write(tmp_path, TRUSTEE_V021))
+    assert settings.database_url == "postgresql://u@db:5432/kbs"
+    assert settings.attestation_service.timeout == 9
+
+
+def test_config_file_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KBS_CONFIG_FILE", str(_write(tmp_path, LEGACY_PLUGINS)))
+    assert load_settings().resource_plugin is not None
+
+
+def test_bad_toml_and_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings(_write(tmp_path, "[http_server\n"))
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_settings(tmp_path / "absent.toml")
+
+
+def test_https_needs_key_and_certificate(tmp_path: Path) -> None:
+    settings = load_settings(_write(tmp_path, '[http_server]\nsockets = ["127.0.0.1:9"]\n'))
+    with pytest.raises(ConfigError, match="HTTPS needs private_key and certificate"):
+        settings.http_server.tls_files()
+
+
+def test_postgres_kv_config_becomes_the_database(tmp_path: Path) -> None:
+    text = """
+[storage_backend]
+storage_type = "Postgres"
+[storage_backend.backends.postgres]
+host = "db"
+port = 5433
+db = "kbs"
+username = "kbs"
+password = "pw"
+"""
+    assert load_settings(_write(tmp_path, text)).database_url == "postgresql://kbs:pw@db:5433/kbs"
+
+
+def test_admin_forms_are_exclusive(tmp_path: Path) -> None:
+    text = '[admin]\nauthorization_mode = "DenyAll"\ninsecure_api = true\n'
+    with pytest.raises(ConfigError, match="use one admin configuration form"):
+        load_settings(_write(tmp_path, text))
+
+
+def test_acl_regex_must_be_anchored(tmp_path: Path) -> None:
+    text = """
+[admin]
+authorization_mode = "AuthenticatedAuthorization"
+[admin.authentication.bearer_jwt]
+identity_providers = [{ public_key_uri = "/x.pub" }]
+[admin.authorization.regex_acl]
+acls = [{ role = "admin", allowed_endpoints = ".*" }]
+"""
+    with pytest.raises(ConfigError, match="must start with"):
+        load_settings(_write(tmp_path, text))

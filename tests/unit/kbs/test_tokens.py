@@ -1,0 +1,179 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Token signing and verification: trust sources, algorithms, expiry, TEE key extraction."""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+
+import jwt
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
+
+from kbs.errors import TokenVerifierError
+from kbs.tokens import TokenSigner, TokenVerifier, jwk_thumbprint, public_jwk, resolve_pointer
+
+AT = dt.datetime(2026, 11, 22, 12, 0, tzinfo=dt.UTC)
+
+
+def _claims(**extra):
+    return {"iat": int(AT.timestamp()), "exp": int(AT.timestamp()) + 300, **extra}
+
+
+def _cert(subject: str, key, issuer_name: str, issuer_key, *, ca: bool, days: int = 30):
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer_name)]))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(AT - dt.timedelta(days=1))
+        .not_valid_after(AT + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+def _x5c(*certs) -> list[str]:
+    return [base64.b64encode(c.public_bytes(serialization.Encoding.DER)).decode() for c in certs]
+
+
+def test_own_token_roundtrip_and_kid() -> None:
+    signer = TokenSigner(ec.generate_private_key(ec.SECP256R1()))
+    token = signer.sign(_claims(x=1))
+    header = jwt.get_unverified_header(token)
+    assert header["kid"] == jwk_thumbprint(header["jwk"]) == signer.kid
+    assert set(header["jwk"]) == {"kty", "crv", "alg", "x", "y"}
+    verifier = TokenVerifier(own_keys=[signer.public_key])
+    assert verifier.verify(token, at=AT)["x"] == 1
+
+
+def test_expiry_uses_the_request_instant_with_leeway() -> None:
+    signer = TokenSigner(ec.generate_private_key(ec.SECP256R1()))
+    verifier = TokenVerifier(own_keys=[signer.public_key])
+    token = signer.sign(_claims())
+    verifier.verify(token, at=AT + dt.timedelta(seconds=360))  # exp + 60 s leeway
+    with pytest.raises(TokenVerifierError, match="expired"):
+        verifier.verify(token, at=AT + dt.timedelta(seconds=361))
+    no_exp = signer.sign({"iat": 1})
+    with pytest.raises(TokenVerifierError, match="no valid exp"):
+        verifier.verify(no_exp, at=AT)
+
+
+def test_foreign_header_jwk_needs_trust() -> None:
+    foreign = ec.generate_private_key(ec.SECP256R1())
+    token = jwt.encode(
+        _claims(), foreign, algorithm="ES256", headers={"jwk": public_jwk(foreign.public_key())}
+    )
+    own = TokenVerifier(own_keys=[ec.generate_private_key(ec.SECP256R1()).public_key()])
+    with pytest.raises(TokenVerifierError, match="not trusted"):
+        own.verify(token, at=AT)
+    insecure = TokenVerifier(own_keys=[], insecure_header_jwk=True)
+    assert insecure.verify(token, at=AT)["exp"]
+
+
+def test_x5c_chain_to_trusted_root() -> None:
+    root_key = ec.generate_private_key(ec.SECP256R1())
+    inter_key = ec.generate_private_key(ec.SECP256R1())
+    leaf_key = ec.generate_private_key(ec.SECP256R1())
+    root = _cert("root", root_key, "root", root_key, ca=True)
+    inter = _cert("inter", inter_key, "root", root_key, ca=True)
+    leaf = _cert("signer", leaf_key, "inter", inter_key, ca=False)
+    jwk = {**public_jwk(leaf_key.public_key()), "x5c": _x5c(leaf, inter, root)}
+    token = jwt.encode(_claims(), leaf_key, algorithm="ES256", headers={"jwk": jwk})
+    TokenVerifier(own_keys=[], trusted_certs=[root]).verify(token, at=AT)
+    # Intermediates may come in any order, and the root may be left out.
+    jwk2 = {**public_jwk(leaf_key.public_key()), "x5c": _x5c(leaf, inter)}
+    token2 = jwt.encode(_claims(), leaf_key, algorithm="ES256", headers={"jwk": jwk2})
+    TokenVerifier(own_keys=[], trusted_certs=[root]).verify(token2, at=AT)
+    # A partial chain: the trust store holds the intermediate.
+    TokenVerifier(own_keys=[], trusted_certs=[inter]).verify(token2, at=AT)
+    # Another root is not trusted.
+    other_key = ec.generate_private_key(ec.SECP256R1())
+    other = _cert("root", other_key, "root", other_key, ca=True)
+    with pytest.raises(TokenVerifierError, match="does not lead"):
+        TokenVerifier(own_keys=[], trusted_certs=[other]).verify(token, at=AT)
+    # Expired certificates are not valid at the request instant.
+    with pytest.raises(TokenVerifierError, match="not valid at this time"):
+        TokenVerifier(own_keys=[], trusted_certs=[root]).verify(
+            token, at=AT + dt.timedelta(days=40)
+        )
+
+
+def test_x5c_leaf_must_be_the_jwk() -> None:
+    root_key = ec.generate_private_key(ec.SECP256R1())
+    root = _cert("root", root_key, "root", root_key, ca=True)
+    signer_key = ec.generate_private_key(ec.SECP256R1())
+    jwk = {**public_jwk(signer_key.public_key()), "x5c": _x5c(root)}
+    token = jwt.encode(_claims(), signer_key, algorithm="ES256", headers={"jwk": jwk})
+    with pytest.raises(TokenVerifierError, match="does not match its x5c leaf"):
+        TokenVerifier(own_keys=[], trusted_certs=[root]).verify(token, at=AT)
+
+
+def test_kid_from_trusted_jwks_and_rsa() -> None:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    entry = jwt.PyJWK.from_dict(
+        {**jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key(), as_dict=True), "alg": "RS256"}
+    )
+    jwk_dict = {
+        **jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key(), as_dict=True),
+        "alg": "RS256",
+    }
+    token = jwt.encode(_claims(), key, algorithm="RS256", headers={"kid": "k1"})
+    verifier = TokenVerifier(own_keys=[], trusted_jwks={"k1": jwk_dict})
+    assert verifier.verify(token, at=AT)["exp"]
+    assert entry.key_type == "RSA"
+    # The JWKS key says RS256: an RS384 token with that kid is refused.
+    token384 = jwt.encode(_claims(), key, algorithm="RS384", headers={"kid": "k1"})
+    with pytest.raises(TokenVerifierError, match="does not match"):
+        verifier.verify(token384, at=AT)
+
+
+@pytest.mark.parametrize("alg", ["none", "HS256", None])
+def test_rejected_algorithms(alg) -> None:
+    header = (
+        base64.urlsafe_b64encode((b'{"alg":"%s"}' % alg.encode()) if alg else b"{}")
+        .rstrip(b"=")
+        .decode()
+    )
+    payload = base64.urlsafe_b64encode(b'{"exp": 9999999999}').rstrip(b"=").decode()
+    with pytest.raises(TokenVerifierError):
+        TokenVerifier(own_keys=[], insecure_header_jwk=True).verify(f"{header}.{payload}.", at=AT)
+
+
+def test_garbage_tokens() -> None:
+    verifier = TokenVerifier(own_keys=[])
+    for bad in ("", "a.b", "a.b.c.d", "!!!.???.***", "x" * 600_000):
+        with pytest.raises(TokenVerifierError):
+            verifier.verify(bad, at=AT)
+
+
+def test_tee_pubkey_pointers() -> None:
+    key = {"kty": "EC", "crv": "P-256", "alg": "ECDH-ES+A256KW", "x": "a", "y": "b"}
+    ear = {
+        "submods": {
+            "cpu0": {
+                "ear.veraison.annotated-evidence": {"runtime_data_claims": {"tee-pubkey": key}}
+            }
+        }
+    }
+    verifier = TokenVerifier(own_keys=[])
+    assert verifier.tee_pubkey(ear) == key
+    assert verifier.tee_pubkey({"customized_claims": {"runtime_data": {"tee-pubkey": key}}}) == key
+    custom = TokenVerifier(own_keys=[], extra_teekey_paths=["/my/key"])
+    assert custom.tee_pubkey({"my": {"key": key}, **ear}) == key
+    with pytest.raises(TokenVerifierError, match="no tee-pubkey"):
+        verifier.tee_pubkey({"submods": {}})
+    with pytest.raises(TokenVerifierError, match="not a JSON object"):
+        verifier.tee_pubkey({"tee-pubkey": "string"})
+
+
+def test_resolve_pointer_escapes() -> None:
+    doc = {"a/b": {"m~n": [10, 20]}}
+    assert resolve_pointer(doc, "/a~1b/m~0n/1") == 20
+    assert resolve_pointer(doc, "/a~1b/m~0n/5") is None
+    assert resolve_pointer(doc, "") == doc
+    assert resolve_pointer(doc, "nope") is None
