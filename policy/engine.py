@@ -112,6 +112,12 @@ class _Undefined:
 
 _UNDEFINED: Final = _Undefined()
 
+#: Parsed templates, per thread, shared by every RegoEngine instance. Module level on
+#: purpose: regorus engines must be dropped on the thread that made them, and an
+#: instance-level thread-local can be garbage-collected from any thread (a panic); a
+#: thread's entry here is only released when that thread exits, on that thread.
+_THREAD_TEMPLATES: Final = threading.local()
+
 
 class RegoEngine:
     """:class:`~policy.base.PolicyEngine` on regorus, with a per-thread template cache.
@@ -131,7 +137,6 @@ class RegoEngine:
         if cache_size < 1:
             raise ValueError("cache_size must be at least 1")
         self._cache_size = cache_size
-        self._local = threading.local()
 
     # ------------------------------------------------------------------ public API
 
@@ -248,10 +253,12 @@ class RegoEngine:
     # ------------------------------------------------------------------ internals
 
     def _templates(self) -> collections.OrderedDict[str, Any]:
-        cache: collections.OrderedDict[str, Any] | None = getattr(self._local, "templates", None)
+        cache: collections.OrderedDict[str, Any] | None = getattr(
+            _THREAD_TEMPLATES, "templates", None
+        )
         if cache is None:
             cache = collections.OrderedDict()
-            self._local.templates = cache
+            _THREAD_TEMPLATES.templates = cache
         return cache
 
     def _template(self, text: str) -> tuple[Any, str]:
