@@ -23,6 +23,8 @@ __all__ = ["app_from_environment", "main"]
 
 #: Set by ``kbs serve --dev`` for its workers: build the embedded development profile.
 DEV_PROFILE_ENV: Final = "KBS_SERVE_DEV_DATA_DIR"
+#: Set by ``kbs serve`` for its workers: the log level.
+LOG_LEVEL_ENV: Final = "KBS_LOG_LEVEL"
 
 _LOG_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -78,6 +80,8 @@ def app_from_environment() -> Any:
     from kbs.app import create_app  # noqa: PLC0415
     from kbs.settings import load_settings  # noqa: PLC0415
 
+    if not logging.getLogger().handlers:
+        _configure_logging(os.environ.get(LOG_LEVEL_ENV, "info"))
     dev_dir = os.environ.get(DEV_PROFILE_ENV)
     overrides = _dev_overrides(Path(dev_dir)) if dev_dir else None
     config = os.environ.get("KBS_CONFIG_FILE")
@@ -110,6 +114,7 @@ def _serve(args: argparse.Namespace) -> int:
         overrides = _dev_overrides(args.data_dir)
     if args.config is not None:
         os.environ["KBS_CONFIG_FILE"] = str(args.config)
+    os.environ[LOG_LEVEL_ENV] = args.log_level
     try:
         settings = load_settings(args.config, overrides=overrides)
         tls = settings.http_server.tls_files()
@@ -124,7 +129,8 @@ def _serve(args: argparse.Namespace) -> int:
             private_key,
             private_key,
         )
-    sockets = [_bind(addr) for addr in settings.http_server.sockets]
+    addresses = args.listen or settings.http_server.sockets
+    sockets = [_bind(addr) for addr in addresses]
     config = uvicorn.Config(
         "kbs.asgi:app",
         workers=workers,
@@ -138,7 +144,7 @@ def _serve(args: argparse.Namespace) -> int:
     _logger.info(
         "kbs %s serving on %s with %d worker(s)",
         __version__,
-        ", ".join(settings.http_server.sockets),
+        ", ".join(addresses),
         workers,
     )
     server = uvicorn.Server(config)
@@ -225,6 +231,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--data-dir", type=Path, default=Path("data"), help="data dir for --dev")
     serve.add_argument("--workers", type=int, help="worker processes (default: CPU count)")
+    serve.add_argument(
+        "--listen",
+        action="append",
+        metavar="HOST:PORT",
+        help="listen here instead of http_server.sockets (repeatable)",
+    )
     serve.set_defaults(func=_serve)
 
     migrate = sub.add_parser("migrate", help="bring the database schema up to date")
