@@ -458,8 +458,13 @@ class CollateralStatus:
 class CollateralSource(Protocol):
     """Where the TDX verifier gets collateral."""
 
-    async def get_collateral(self, key: CollateralKey, *, at: dt.datetime) -> Collateral:
-        """Return collateral for ``key`` that is valid at ``at``.
+    async def get_collateral(self, fmspc: str, ca: CaType, *, at: dt.datetime) -> Collateral:
+        """Return collateral for the platform ``fmspc`` / ``ca`` that is valid at ``at``.
+
+        Args:
+            fmspc: 12 uppercase hex digits, from the quote's PCK certificate.
+            ca: the PCK CA type, from the quote's PCK chain.
+            at: the request's instant.
 
         Raises:
             CollateralUnavailableError: no valid collateral could be obtained.
