@@ -21,17 +21,16 @@ import hashlib
 import importlib.resources
 import json
 import logging
-import threading
-from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final, Generic, TypeVar
+from typing import Any, Final
 
 import dcap_qvl  # type: ignore[import-untyped]  # ships a .pyi but no py.typed marker
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from attestation.errors import EvidenceInvalidError
+from attestation.tdx._lru import Lru
 from attestation.tdx.base import Collateral
 from attestation.tdx.pck import PckChain, parse_pck_chain
 from attestation.tdx.quote import Quote, parse_quote
@@ -173,37 +172,10 @@ class DcapResult:
         }
 
 
-K = TypeVar("K")
-V = TypeVar("V")
-
-
-class _Lru(Generic[K, V]):
-    """A small thread-safe LRU map (memo of pure results)."""
-
-    def __init__(self, size: int) -> None:
-        self._size = size
-        self._data: OrderedDict[K, V] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: K) -> V | None:
-        with self._lock:
-            value = self._data.get(key)
-            if value is not None:
-                self._data.move_to_end(key)
-            return value
-
-    def put(self, key: K, value: V) -> None:
-        with self._lock:
-            self._data[key] = value
-            self._data.move_to_end(key)
-            while len(self._data) > self._size:
-                self._data.popitem(last=False)
-
-
 # Per-process memos of pure functions: parsed dcap-qvl collateral by digest, and the
 # collateral-dependent supplemental claims by everything that determines them.
-_QVL_COLLATERAL: Final[_Lru[bytes, Any]] = _Lru(64)
-_SUPPLEMENTAL: Final[_Lru[tuple[bytes, ...], Mapping[str, Any]]] = _Lru(MEMO_SIZE)
+_QVL_COLLATERAL: Final[Lru[bytes, Any]] = Lru(64)
+_SUPPLEMENTAL: Final[Lru[tuple[bytes, ...], Mapping[str, Any]]] = Lru(MEMO_SIZE)
 
 
 def _qvl_collateral(collateral: Collateral) -> Any:

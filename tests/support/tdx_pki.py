@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
+from attestation.errors import CollateralUnavailableError
 from attestation.tdx.base import Collateral, CollateralKey
 
 QE_VENDOR_ID = bytes.fromhex("939A7233F79C4CA9940A0DB3957F0607")
@@ -546,3 +547,19 @@ class TestPki:
 
     def with_levels(self, levels: Sequence[TcbLevel]) -> TestPki:
         return replace(self, levels=tuple(levels))
+
+
+class StaticCollateralSource:
+    """A CollateralSource serving fixed collateral by FMSPC, whatever the time."""
+
+    def __init__(self, *collaterals: Collateral) -> None:
+        self.by_fmspc = {c.key.fmspc: c for c in collaterals}
+        self.calls = 0
+
+    async def get_collateral(self, fmspc: str, ca: str, *, at: dt.datetime) -> Collateral:
+        del ca, at
+        self.calls += 1
+        try:
+            return self.by_fmspc[fmspc]
+        except KeyError:
+            raise CollateralUnavailableError(f"no collateral for {fmspc}") from None
