@@ -210,7 +210,7 @@ def _memo_key(
     report = quote.report
     return (
         collateral.digest,
-        hashlib.sha256(root_ca_der).digest(),
+        root_ca_der,  # bytes cache their hash: cheaper than digesting it per call
         pck.digest,
         report.tee_tcb_svn,
         report.tee_tcb_svn2 or b"",

@@ -25,6 +25,7 @@ verifier (confidential-containers/trustee ``deps/verifier/src/tdx/claims.rs``).
 from __future__ import annotations
 
 import enum
+import itertools
 import logging
 import struct
 from dataclasses import dataclass
@@ -259,13 +260,25 @@ def _parse_header(raw: bytes) -> QuoteHeader:
     )
 
 
+def _layout(fields: tuple[tuple[str, int, int], ...]) -> struct.Struct:
+    # The field tables are contiguous; one Struct slices them all in a single C call.
+    assert all(a[1] + a[2] == b[1] for a, b in itertools.pairwise(fields))
+    return struct.Struct("<" + "".join(f"{size}s" for _, _, size in fields))
+
+
+_TD10_STRUCT: Final = _layout(_TD10_FIELDS)
+_TD15_STRUCT: Final = _layout(_TD15_FIELDS)
+_TD15_EX_STRUCT: Final = _layout(_TD15_EX_FIELDS)
+
+
 def _parse_report(body: bytes, body_type: BodyType) -> TdReport:
-    fields: dict[str, Any] = {name: body[off : off + size] for name, off, size in _TD10_FIELDS}
-    if body_type in (BodyType.TD_REPORT_15, BodyType.TD_REPORT_15_EX):
-        fields.update({name: body[off : off + size] for name, off, size in _TD15_FIELDS})
+    values = _TD10_STRUCT.unpack_from(body, 0)
+    if body_type is BodyType.TD_REPORT_10:
+        return TdReport(body_type, body, *values)
+    values += _TD15_STRUCT.unpack_from(body, _TD15_FIELDS[0][1])
     if body_type is BodyType.TD_REPORT_15_EX:
-        fields.update({name: body[off : off + size] for name, off, size in _TD15_EX_FIELDS})
-    return TdReport(body_type=body_type, raw=body, **fields)
+        values += _TD15_EX_STRUCT.unpack_from(body, _TD15_EX_FIELDS[0][1])
+    return TdReport(body_type, body, *values)
 
 
 def _parse_signature_data(reader: _Reader, start: int, end: int) -> SignatureData:
