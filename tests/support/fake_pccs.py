@@ -90,45 +90,52 @@ class FakePccs:
 
     # ------------------------------------------------------------ responses
 
-    def respond(  # noqa: PLR0911 (one return per route)
-        self, path: str, query: dict[str, list[str]]
-    ) -> tuple[int, dict[str, str], bytes]:
-        def one(name: str) -> str:
-            return query.get(name, [""])[0]
+    def respond(self, path: str, query: dict[str, list[str]]) -> tuple[int, dict[str, str], bytes]:
+        return pccs_response(
+            self.parts, path, query, prefix=self.prefix, serve_rootcacrl=self.serve_rootcacrl
+        )
 
-        route = path.removeprefix(self.prefix)
-        any_parts = next(iter(self.parts.values()))
-        if route == "/sgx/certification/v4/pckcrl":
-            parts = next((p for p in self.parts.values() if p.ca == one("ca")), None)
-            if parts is None:
-                return 404, {}, b""
-            return (
-                200,
-                {"SGX-PCK-CRL-Issuer-Chain": quote(parts.pck_crl_issuer_chain, safe="")},
-                parts.pck_crl,
-            )
-        if route == "/tdx/certification/v4/tcb":
-            parts = self.parts.get(one("fmspc").upper())
-            if parts is None:
-                return 404, {}, b""
-            body = f'{{"tcbInfo":{parts.tcb_info},"signature":"{parts.tcb_info_signature.hex()}"}}'
-            return (
-                200,
-                {"TCB-Info-Issuer-Chain": quote(parts.tcb_info_issuer_chain, safe="")},
-                body.encode(),
-            )
-        if route == "/tdx/certification/v4/qe/identity":
-            body = (
-                f'{{"enclaveIdentity":{any_parts.qe_identity},'
-                f'"signature":"{any_parts.qe_identity_signature.hex()}"}}'
-            )
-            chain = quote(any_parts.qe_identity_issuer_chain, safe="")
-            return 200, {"SGX-Enclave-Identity-Issuer-Chain": chain}, body.encode()
-        if route == "/sgx/certification/v4/rootcacrl" and self.serve_rootcacrl:
-            return 200, {}, any_parts.root_ca_crl.hex().encode()
-        if path == "/root.crl":
-            return 200, {"Content-Type": "application/pkix-crl"}, any_parts.root_ca_crl
-        return 404, {}, json.dumps({"error": "not found"}).encode()
+
+def pccs_response(  # noqa: PLR0911 (one return per route)
+    parts_by_fmspc: dict[str, CollateralParts],
+    path: str,
+    query: dict[str, list[str]],
+    *,
+    prefix: str = "",
+    serve_rootcacrl: bool = True,
+) -> tuple[int, dict[str, str], bytes]:
+    """(status, headers, body) a PCCS would answer for ``path`` and ``query``."""
+
+    def one(name: str) -> str:
+        return query.get(name, [""])[0]
+
+    route = path.removeprefix(prefix)
+    any_parts = next(iter(parts_by_fmspc.values()))
+    if route == "/sgx/certification/v4/pckcrl":
+        parts = next((p for p in parts_by_fmspc.values() if p.ca == one("ca")), None)
+        if parts is None:
+            return 404, {}, b""
+        chain = quote(parts.pck_crl_issuer_chain, safe="")
+        return 200, {"SGX-PCK-CRL-Issuer-Chain": chain}, parts.pck_crl
+    if route == "/tdx/certification/v4/tcb":
+        parts = parts_by_fmspc.get(one("fmspc").upper())
+        if parts is None:
+            return 404, {}, b""
+        body = f'{{"tcbInfo":{parts.tcb_info},"signature":"{parts.tcb_info_signature.hex()}"}}'
+        chain = quote(parts.tcb_info_issuer_chain, safe="")
+        return 200, {"TCB-Info-Issuer-Chain": chain}, body.encode()
+    if route == "/tdx/certification/v4/qe/identity":
+        body = (
+            f'{{"enclaveIdentity":{any_parts.qe_identity},'
+            f'"signature":"{any_parts.qe_identity_signature.hex()}"}}'
+        )
+        chain = quote(any_parts.qe_identity_issuer_chain, safe="")
+        return 200, {"SGX-Enclave-Identity-Issuer-Chain": chain}, body.encode()
+    if route == "/sgx/certification/v4/rootcacrl" and serve_rootcacrl:
+        return 200, {}, any_parts.root_ca_crl.hex().encode()
+    if path == "/root.crl":
+        return 200, {"Content-Type": "application/pkix-crl"}, any_parts.root_ca_crl
+    return 404, {}, json.dumps({"error": "not found"}).encode()
 
 
 def _handler_for(pccs: FakePccs) -> type[BaseHTTPRequestHandler]:

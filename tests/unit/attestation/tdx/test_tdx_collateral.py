@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import httpx
 import pytest
-from support.fake_pccs import FakePccs
+from support.fake_pccs import FakePccs, pccs_response
 from support.tdx_pki import AT, TestPki
 
 from attestation.errors import CollateralUnavailableError, VerifierUnavailableError
@@ -339,3 +339,39 @@ def test_key_validation():
     with pytest.raises(ValueError, match="ca"):
         CollateralKey("00906ED50000", "other")  # type: ignore[arg-type]
     assert str(CollateralKey("00906ED50000", "platform")) == "00906ED50000/platform/standard"
+
+
+# ---------------------------------------------------------------- Intel PCS (mocked transport)
+
+
+async def test_intel_pcs_uses_root_cdp_and_update_type():
+    cdp = "https://certificates.trustedservices.intel.com/IntelSGXRootCA.der"
+    pki = TestPki.create(root_cdp=cdp)
+    parts = pki.collateral_parts(AT)
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(str(request.url))
+        if str(request.url) == cdp:
+            return httpx.Response(200, content=parts.root_ca_crl)
+        assert request.url.host == "api.trustedservices.intel.com"
+        query = {k: [v] for k, v in request.url.params.items()}
+        status, headers, body = pccs_response({parts.fmspc: parts}, request.url.path, query)
+        return httpx.Response(status, headers=headers, content=body)
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
+        fetcher = PccsFetcher(
+            http, base_urls=[collateral_module.INTEL_PCS_URL], root_ca_der=pki.root_der
+        )
+        fetched = await fetcher.fetch(CollateralKey(pki.fmspc, "platform", "early"))
+    assert fetched.collateral.key.tcb_update_type == "early"
+    assert not any("rootcacrl" in url for url in seen)
+    assert cdp in seen
+    assert (
+        f"https://api.trustedservices.intel.com/tdx/certification/v4/tcb?fmspc={pki.fmspc}&update=early"
+        in seen
+    )
+    assert (
+        "https://api.trustedservices.intel.com/sgx/certification/v4/pckcrl?ca=platform&encoding=der"
+        in seen
+    )
