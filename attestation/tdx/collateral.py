@@ -428,7 +428,15 @@ class CachingCollateralSource:
             raise CollateralUnavailableError(
                 f"no valid collateral for {key} (last error: {entry.last_error})"
             )
-        await self._refresh(key, at)
+        try:
+            await self._refresh(key, at)
+        except CollateralUnavailableError as exc:
+            # The store may still have given us something valid (e.g. after a restart).
+            collateral = self._valid(key, at)
+            if collateral is None:
+                raise
+            _logger.warning("serving stale stored collateral for %s: %s", key, exc)
+            return collateral
         collateral = self._valid(key, at)
         if collateral is None:
             raise CollateralUnavailableError(f"no valid collateral for {key}")

@@ -29,7 +29,7 @@ import dcap_qvl  # type: ignore[import-untyped]  # ships a .pyi but no py.typed 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from attestation.errors import EvidenceInvalidError
+from attestation.errors import CollateralUnavailableError, EvidenceInvalidError
 from attestation.tdx._lru import Lru
 from attestation.tdx.base import Collateral
 from attestation.tdx.pck import PckChain, parse_pck_chain
@@ -280,13 +280,17 @@ def verify_quote(
         EvidenceInvalidError: the quote does not verify, its TCB status is terminal
             (revoked, no matching level), the TD is a debug TD, or a platform flag is
             refused.
+        CollateralUnavailableError: dcap-qvl cannot load ``collateral``.
     """
     if at.tzinfo is None:
         raise ValueError("verification time must be timezone-aware")
     now = int(at.timestamp())
     quote = parse_quote(raw_quote) if quote is None else quote
     pck = parse_pck_chain(quote.signature_data.pck_chain_pem) if pck is None else pck
-    qvl_collateral = _qvl_collateral(collateral)
+    try:
+        qvl_collateral = _qvl_collateral(collateral)
+    except ValueError as exc:  # our collateral, not the guest's evidence
+        raise CollateralUnavailableError("collateral cannot be loaded by dcap-qvl") from exc
     memo_key = _memo_key(quote, pck, collateral, root_ca_der)
     supplemental = _SUPPLEMENTAL.get(memo_key)
 

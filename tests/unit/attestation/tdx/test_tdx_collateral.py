@@ -230,6 +230,17 @@ async def test_persisted_cache_survives_restart_with_pccs_down(client, pki, pccs
     assert status.fetched_at == AT
 
 
+async def test_restart_with_stale_store_and_pccs_down(client, pki, pccs):
+    store = MemoryCollateralStore()
+    first = await _source(client, pki, pccs, store).get_collateral(pki.fmspc, "platform", at=AT)
+    pccs.down = True
+    restarted = _source(client, pki, pccs, store)
+    stale_at = AT + 13 * HOUR
+    got = await restarted.get_collateral(pki.fmspc, "platform", at=stale_at)
+    assert got.digest == first.digest
+    assert "could not fetch" in restarted.status(stale_at)[0].last_error
+
+
 async def test_store_with_foreign_collateral_is_ignored(client, pki, pccs):
     store = MemoryCollateralStore()
     other = TestPki.create(fmspc=pki.fmspc)
