@@ -524,6 +524,8 @@ class CachingCollateralSource:
             def _done(finished: asyncio.Task[None], key: CollateralKey = key) -> None:
                 if self._inflight.get(key) is finished:
                     del self._inflight[key]
+                if not finished.cancelled():
+                    finished.exception()  # retrieved even if every waiter was cancelled
 
             task.add_done_callback(_done)
         await asyncio.shield(task)

@@ -170,13 +170,16 @@ class EventLog:
             raise EventLogReplayError(f"unknown digest algorithm {algorithm:#x}") from None
         if hash_name is None:
             raise EventLogReplayError(f"cannot replay {name} digests")
-        value = bytes(hashlib.new(hash_name).digest_size)
-        for entry in self.entries:
-            if entry.index != index:
-                continue
-            for digest in entry.digests:
-                if digest.algorithm == algorithm:
-                    value = hashlib.new(hash_name, value + digest.digest).digest()
+        try:
+            value = bytes(hashlib.new(hash_name).digest_size)
+            for entry in self.entries:
+                if entry.index != index:
+                    continue
+                for digest in entry.digests:
+                    if digest.algorithm == algorithm:
+                        value = hashlib.new(hash_name, value + digest.digest).digest()
+        except ValueError:  # e.g. an OpenSSL build without SM3
+            raise EventLogReplayError(f"{name} is not available here") from None
         return value
 
     def check_rtmrs(self, rtmrs: Sequence[bytes]) -> None:
@@ -310,7 +313,13 @@ def _digests_match(event: bytes, digests: Sequence[EventDigest]) -> bool:
         name, hash_name = _ALGORITHMS[digest.algorithm]
         if hash_name is None:
             raise EventLogParseError(f"cc event log digest algorithm {name} is not supported")
-        if hashlib.new(hash_name, event).digest() != digest.digest:
+        try:
+            computed = hashlib.new(hash_name, event).digest()
+        except ValueError:  # e.g. an OpenSSL build without SM3
+            raise EventLogParseError(
+                f"cc event log digest algorithm {name} is not available"
+            ) from None
+        if computed != digest.digest:
             return False
     return True
 
