@@ -180,8 +180,8 @@ class Collateral:
 
     @property
     def issued_at(self) -> dt.datetime:
-        """The latest issue date of the four pieces."""
-        return max(self.tcb_info_issue_date, self.qe_identity_issue_date, self.pck_crl_this_update)
+        """The later issue date of TCB Info and QE Identity (dcap-qvl refuses future ones)."""
+        return max(self.tcb_info_issue_date, self.qe_identity_issue_date)
 
     def valid_at(self, at: dt.datetime) -> bool:
         """Whether dcap-qvl accepts this collateral's dates at ``at``.

@@ -131,12 +131,16 @@ def _crl_der(body: bytes) -> bytes:
     return body
 
 
-def _cdp_url(chain_pem: str) -> str:
-    """The CRL distribution point of the last (root) certificate of ``chain_pem``."""
+def _cdp_url(root_ca_der: bytes) -> str:
+    """The CRL distribution point of the trust anchor.
+
+    Taken from the anchor itself, not from a PCCS-supplied chain, so a hostile PCCS
+    cannot send us to a URL of its choice.
+    """
     try:
-        root = x509.load_pem_x509_certificates(chain_pem.encode("ascii"))[-1]
+        root = x509.load_der_x509_certificate(root_ca_der)
         points = root.extensions.get_extension_for_class(x509.CRLDistributionPoints).value
-    except (ValueError, UnicodeEncodeError, IndexError, x509.ExtensionNotFound) as exc:
+    except (ValueError, x509.ExtensionNotFound) as exc:
         raise _FetchError("root certificate has no crl distribution point") from exc
     for point in points:
         for name in point.full_name or ():
@@ -284,7 +288,7 @@ class PccsFetcher:
         qe_identity, qe_signature = _json_body(qe, "enclaveIdentity")
         qe_chain = self._chain(qe_headers, (_QE_CHAIN_HEADER,))
         # 2. The root CA CRL: a PCCS serves it (as hex); Intel's PCS does not, so use the
-        #    root certificate's CRL distribution point (also the fallback, like dcap-qvl).
+        #    trust anchor's CRL distribution point (also the fallback, like dcap-qvl).
         root_crl: bytes | None = None
         if not is_intel_pcs:
             try:
@@ -294,7 +298,7 @@ class PccsFetcher:
             except _FetchError as exc:
                 _logger.info("rootcacrl from %s failed (%s); trying the root's cdp", base, exc)
         if root_crl is None:
-            root_crl, _ = await self._get(_cdp_url(qe_chain), None, MAX_CRL_BYTES)
+            root_crl, _ = await self._get(_cdp_url(self._root_ca_der), None, MAX_CRL_BYTES)
         # 3. Parse and check everything up to the trust anchor.
         try:
             collateral = Collateral.from_parts(
