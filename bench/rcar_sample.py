@@ -37,7 +37,12 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from kbs.client.api import AdminClient
 from kbs.client.tee_key import TeeKeyPair
 
-REFERENCE_VALUES = {"launch_digest": ["abcde"], "svn": ["1"], "major_version": 1, "minimum_minor_version": 4}
+REFERENCE_VALUES = {
+    "launch_digest": ["abcde"],
+    "svn": ["1"],
+    "major_version": 1,
+    "minimum_minor_version": 4,
+}
 SECRET = b"benchmark model key"
 
 
@@ -71,7 +76,7 @@ def _write_config(work: Path, admin_pub: Path) -> Path:
     config.write_text(
         f"""
 environment = "development"
-data_dir = "{work / 'data'}"
+data_dir = "{work / "data"}"
 [http_server]
 insecure_http = true
 [attestation_service]
@@ -85,7 +90,7 @@ acls = [{{ role = "admin", allowed_endpoints = "^/kbs/.*$" }}]
 [[plugins]]
 name = "resource"
 type = "LocalFs"
-dir_path = "{work / 'repository'}"
+dir_path = "{work / "repository"}"
 """
     )
     return config
@@ -154,9 +159,18 @@ def _run(workers: int, args: argparse.Namespace) -> dict[str, float]:
         log = (work / "server.log").open("w")
         server = subprocess.Popen(
             [
-                sys.executable, "-m", "kbs", "--log-level", "warning", "serve",
-                "--config", str(config), "--workers", str(workers),
-                "--listen", f"127.0.0.1:{port}",
+                sys.executable,
+                "-m",
+                "kbs",
+                "--log-level",
+                "warning",
+                "serve",
+                "--config",
+                str(config),
+                "--workers",
+                str(workers),
+                "--listen",
+                f"127.0.0.1:{port}",
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -215,7 +229,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     args = parser.parse_args()
-    print(f"host: {os.cpu_count()} CPUs; concurrency {args.concurrency}; {args.seconds:.0f} s per run")
+    print(
+        f"host: {os.cpu_count()} CPUs; concurrency {args.concurrency}; {args.seconds:.0f} s per run"
+    )
     results = [_run(w, args) for w in args.workers]
     for r in results:
         print(
@@ -224,8 +240,10 @@ def main() -> None:
             f"p50_ms={r['p50_ms']:.1f} p99_ms={r['p99_ms']:.1f}"
         )
     if len(results) > 1:
-        print(f"flows_per_s ratio {results[-1]['workers']}w/{results[0]['workers']}w: "
-              f"{results[-1]['flows_per_s'] / results[0]['flows_per_s']:.2f}")
+        print(
+            f"flows_per_s ratio {results[-1]['workers']}w/{results[0]['workers']}w: "
+            f"{results[-1]['flows_per_s'] / results[0]['flows_per_s']:.2f}"
+        )
     print(json.dumps(results))
 
 
