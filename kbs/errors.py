@@ -36,6 +36,7 @@ __all__ = [
     "ERROR_TYPE_PREFIX",
     "AdminAuthError",
     "AttestFailedError",
+    "AttestationRejectedError",
     "AuthFailedError",
     "DatabaseUnavailableError",
     "ErrorInfo",
@@ -117,6 +118,10 @@ class DatabaseUnavailableError(KbsError):
     """The database could not be reached or failed (our fault: 503)."""
 
 
+class AttestationRejectedError(KbsError):
+    """A Simple-profile token was refused: a requested policy was not satisfied."""
+
+
 @dataclass(frozen=True, slots=True)
 class ErrorInfo:
     """How one error is answered."""
@@ -144,6 +149,7 @@ _TABLE: Final[tuple[tuple[type[BaseException], int, str, str | None], ...]] = (
     (VerifierUnavailableError, 503, "VerifierUnavailable", None),
     (AuthFailedError, 401, "AttestationError", None),
     (AttestFailedError, 401, "AttestationError", None),
+    (AttestationRejectedError, 401, "AttestationError", None),
     (EvidenceInvalidError, 401, "AttestationError", None),
     (UnsupportedTeeError, 401, "AttestationError", None),
     (TokenNotFoundError, 401, "TokenNotFound", None),
