@@ -38,8 +38,10 @@ from kbs.errors import (
     InvalidRequestPathError,
     KbsError,
     PluginNotFoundError,
+    RateLimitedError,
     describe,
 )
+from kbs.ratelimit import RateLimiter
 from kbs.resources import build_resource_router
 from kbs.routes import admin, attest, auth, resource, wellknown
 from kbs.sessions import SessionStore
@@ -158,7 +160,12 @@ async def _error_handler(request: Request, exc: Exception) -> Response:
             info.variant,
             info.detail,
         )
-    return json_response({"type": info.type, "detail": info.detail}, status_code=info.status)
+    headers = None
+    if isinstance(exc, RateLimitedError):
+        headers = {"retry-after": str(exc.retry_after_s)}
+    return json_response(
+        {"type": info.type, "detail": info.detail}, status_code=info.status, headers=headers
+    )
 
 
 class _CatchAllMiddleware:
@@ -289,6 +296,7 @@ async def _build_state(
         attestation=attestation,
         resources=build_resource_router(settings, engine=engine, clock=clock.now),
         admin=build_admin_authorizer(settings.admin),
+        rate_limiter=RateLimiter.from_settings(settings.rate_limit),
     )
 
 

@@ -47,6 +47,7 @@ __all__ = [
     "PayloadTooLargeError",
     "PluginNotFoundError",
     "PolicyDenyError",
+    "RateLimitedError",
     "RvpsError",
     "SerdeError",
     "TokenNotFoundError",
@@ -118,6 +119,15 @@ class DatabaseUnavailableError(KbsError):
     """The database could not be reached or failed (our fault: 503)."""
 
 
+class RateLimitedError(KbsError):
+    """The client sent more requests than its rate limit allows (429)."""
+
+    def __init__(self, message: str, *, retry_after_s: int) -> None:
+        """Carry the whole seconds after which a retry can succeed (``Retry-After``)."""
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class AttestationRejectedError(KbsError):
     """A Simple-profile token was refused: a requested policy was not satisfied."""
 
@@ -143,6 +153,7 @@ _TABLE: Final[tuple[tuple[type[BaseException], int, str, str | None], ...]] = (
     (InvalidResourcePathError, 404, "InvalidRequestPath", None),
     (PluginNotFoundError, 404, "PluginNotFound", None),
     (PayloadTooLargeError, 413, "PayloadTooLarge", None),
+    (RateLimitedError, 429, "TooManyRequests", None),
     (DatabaseUnavailableError, 503, "DatabaseUnavailable", None),
     (StorageUnavailableError, 503, "StorageUnavailable", None),
     (CollateralUnavailableError, 503, "CollateralUnavailable", None),

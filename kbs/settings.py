@@ -48,6 +48,7 @@ __all__ = [
     "DatabaseSettings",
     "HttpServerSettings",
     "KbsSettings",
+    "RateLimitSettings",
     "ResourcePluginSettings",
     "development_settings",
     "load_settings",
@@ -233,6 +234,26 @@ class AttestationServiceSettings(_Section):
                 "this server has the attestation service built in (coco_as_builtin)"
             )
         return value
+
+
+# --------------------------------------------------------------------------- rate limit
+
+
+class RateLimitSettings(_Section):
+    """``[rate_limit]`` (ours): per-client limits on the unauthenticated, costly endpoints.
+
+    ``/kbs/v0/auth`` and the attestation-service ``/attestation`` and ``/challenge`` draw
+    from one token bucket per client address and server process: ``burst`` requests at
+    once, refilled at ``requests_per_second``. Above it the answer is 429. Behind a proxy
+    every client has the proxy's address, so size the limits for the proxy (or turn the
+    limiter off) until trusted-proxy handling exists.
+    """
+
+    enabled: bool = True
+    requests_per_second: float = Field(default=20.0, gt=0, le=1_000_000)
+    burst: int = Field(default=60, ge=1, le=1_000_000)
+    #: Client addresses remembered per process; the least recently seen is forgotten.
+    max_clients: int = Field(default=10_000, ge=1, le=10_000_000)
 
 
 # --------------------------------------------------------------------------- admin
@@ -482,6 +503,7 @@ class KbsSettings(BaseSettings):
     storage_backend: StorageBackendSettings | None = None
     plugins: list[ResourcePluginSettings] = Field(default_factory=list)
     policy_engine: PolicyEngineSettings | None = None
+    rate_limit: RateLimitSettings = Field(default_factory=RateLimitSettings)
 
     @field_validator("plugins", mode="before")
     @classmethod

@@ -12,6 +12,7 @@ from kbs.admin_auth import AdminAuthorizer
 from kbs.appraisal import AttestationService
 from kbs.clock import Clock
 from kbs.entropy import Entropy
+from kbs.ratelimit import RateLimiter
 from kbs.resources import ResourceRouter
 from kbs.sessions import SessionStore
 from kbs.settings import KbsSettings
@@ -41,6 +42,7 @@ class KbsState:
     attestation: AttestationService
     resources: ResourceRouter
     admin: AdminAuthorizer
+    rate_limiter: RateLimiter
 
     @property
     def body_limit(self) -> int:
