@@ -162,7 +162,10 @@ class AttestationTokenSettings(_Section):
 
 
 class SignerSettings(_Section):
-    """``[attestation_service.attestation_token_broker.signer]``: EC P-256 signing key."""
+    """``[attestation_service.attestation_token_broker.signer]``: EC P-256 signing key.
+
+    The same shape serves ``simple_signer`` (ours), where ``key_path`` is an RSA key.
+    """
 
     key_path: Path
     cert_path: Path | None = None
@@ -170,9 +173,14 @@ class SignerSettings(_Section):
 
 
 class TokenBrokerSettings(_Section):
-    """``[attestation_service.attestation_token_broker]``."""
+    """``[attestation_service.attestation_token_broker]``.
 
-    type: Literal["Ear", "ear"] = "Ear"
+    ``type`` is Trustee's broker choice. The KBS flow always issues EAR tokens; ``type``
+    picks the profile the attestation-service API (``/attestation``) issues by default:
+    ``Ear`` or ``Simple`` (the legacy RS384 token TNG <= v2.3 accepts).
+    """
+
+    type: Literal["Ear", "ear", "Simple", "simple"] = "Ear"
     duration_min: int = Field(default=5, ge=1, le=24 * 60)
     issuer_name: str = "CoCo-Attestation-Service"
     developer_name: str = "https://confidentialcontainers.org"
@@ -182,6 +190,18 @@ class TokenBrokerSettings(_Section):
     signer: SignerSettings | None = None
     #: Legacy key (policies now live in the database); accepted and ignored.
     policy_dir: str | None = None
+    #: Ours: the RSA key (and certificate chain) of Simple tokens; generated once and
+    #: stored in the database when absent.
+    simple_signer: SignerSettings | None = None
+    #: Ours: how ``jwk.x5c`` certificates are encoded in token headers: ``base64url``
+    #: (no padding; what TNG and Trustee <= v0.20 use) or ``base64`` (RFC 7517, Trustee
+    #: v0.21+). The JWK Set endpoint always publishes standard base64.
+    x5c_encoding: Literal["base64url", "base64"] = "base64url"
+
+    @property
+    def default_profile(self) -> Literal["ear", "simple"]:
+        """The token profile ``/attestation`` issues when the request does not pick one."""
+        return "simple" if self.type.lower() == "simple" else "ear"
 
 
 class RvpsSettings(_Section):
