@@ -139,6 +139,16 @@ def create_app(
         description="Trustee-compatible Key Broker Service and attestation service.",
         lifespan=lifespan,
     )
+    _mount_routes(app, apis)
+    for exc_type in (KbsError, AttestationError, PolicyError, StorageError):
+        app.add_exception_handler(exc_type, _error_handler)
+    if "as" in apis:
+        app.add_middleware(restful_as.CollapseSlashesMiddleware)
+    app.add_middleware(_CatchAllMiddleware)
+    return app
+
+
+def _mount_routes(app: FastAPI, apis: Collection[ApiName]) -> None:
     if "kbs" in apis:
         app.include_router(auth.router)
         app.include_router(attest.router)
@@ -148,16 +158,11 @@ def create_app(
     if "kbs" in apis:
         _add_fallback_routes(app)
     if "as" in apis:
-        # The root paths first (healthz and the JWK Set there are wellknown's, the same
-        # answers), then the same API under /as for load balancers that keep the prefix.
+        # At the root (where /healthz and the JWK Set are wellknown's), and under /as
+        # for load balancers that keep the prefix.
         app.include_router(restful_as.router, tags=["attestation service"])
-        app.include_router(restful_as.router, prefix=restful_as.PREFIX, include_in_schema=False)
-    for exc_type in (KbsError, AttestationError, PolicyError, StorageError):
-        app.add_exception_handler(exc_type, _error_handler)
-    if "as" in apis:
-        app.add_middleware(restful_as.CollapseSlashesMiddleware)
-    app.add_middleware(_CatchAllMiddleware)
-    return app
+        for router in (restful_as.router, restful_as.prefixed_router):
+            app.include_router(router, prefix=restful_as.PREFIX, include_in_schema=False)
 
 
 def _add_fallback_routes(app: FastAPI) -> None:

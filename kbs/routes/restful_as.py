@@ -53,9 +53,12 @@ from storage_backends.errors import StorageError
 
 _logger = logging.getLogger(__name__)
 
-__all__ = ["POLICY_ADMIN_URI", "PREFIX", "CollapseSlashesMiddleware", "router"]
+__all__ = ["POLICY_ADMIN_URI", "PREFIX", "CollapseSlashesMiddleware", "prefixed_router", "router"]
 
+#: The API, served at the root and under :data:`PREFIX`.
 router = APIRouter()
+#: Endpoints the root already has from ``wellknown`` (the same answers), under the prefix.
+prefixed_router = APIRouter()
 
 #: Where the API is mounted besides the root.
 PREFIX: Final = "/as"
@@ -323,7 +326,7 @@ async def certificate(state: StateDep) -> Response:
     return Response(content=pem.encode(), status_code=200, media_type=_PEM)
 
 
-@router.get("/.well-known/jwks.json", summary="Public keys of the token signers")
+@prefixed_router.get("/.well-known/jwks.json", summary="Public keys of the token signers")
 async def jwks(state: StateDep) -> Response:
     """The JWK Set of both token signers (the same document as the KBS's)."""
     return json_response(state.published_jwks())
@@ -346,7 +349,7 @@ async def openid_configuration(request: Request, state: StateDep) -> Response:
     )
 
 
-@router.get("/healthz", summary="Liveness")
+@prefixed_router.get("/healthz", summary="Liveness")
 async def healthz() -> Response:
     """The process is serving requests (200, empty body)."""
     return Response(status_code=200)

@@ -952,6 +952,7 @@ async def test_serving_only_the_attestation_service(tmp_path):
         assert (await as_only.http.post("/as/attestation", json=_sample_body())).status_code == 200
         assert (await as_only.http.get("/.well-known/jwks.json")).status_code == 200
         assert (await as_only.http.get("/healthz")).status_code == 200
+        assert (await as_only.http.get("/as/healthz")).status_code == 200
     async with running_kbs(settings_for(tmp_path, None), apis=["kbs"]) as kbs_only:
         assert (await kbs_only.http.post("/as/attestation", json=_sample_body())).status_code == 404
         assert (await kbs_only.http.post("/attestation", json=_sample_body())).status_code == 404
@@ -1010,3 +1011,11 @@ def test_create_app_needs_known_apis(tmp_path):
     for apis in ([], ["kbs", "admin"]):
         with pytest.raises(ValueError, match="apis"):
             create_app(settings_for(tmp_path, None), apis=apis)
+
+
+async def test_openapi_document_lists_the_api_once(kbs):
+    # Warnings are errors here: a duplicate operation id would fail the request.
+    schema = (await kbs.http.get("/openapi.json")).json()
+    assert "/attestation" in schema["paths"]
+    assert "/as/attestation" not in schema["paths"]
+    assert "/kbs/v0/auth" in schema["paths"]
