@@ -13,13 +13,13 @@ import contextlib
 import datetime as dt
 import json
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from fastapi import FastAPI, Request, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -38,21 +38,33 @@ from kbs.errors import (
     InvalidRequestPathError,
     KbsError,
     PluginNotFoundError,
+    RateLimitedError,
     describe,
 )
+from kbs.ratelimit import RateLimiter
 from kbs.resources import build_resource_router
-from kbs.routes import admin, attest, auth, resource, wellknown
+from kbs.routes import admin, attest, auth, resource, restful_as, wellknown
 from kbs.sessions import SessionStore
 from kbs.settings import KbsSettings
 from kbs.state import KbsState
 from kbs.stores import (
     ATTESTATION_NAMESPACE,
     RESOURCE_NAMESPACE,
+    SIMPLE_TOKEN_SIGNING_KEY,
+    TOKEN_SIGNING_KEY,
     PolicyStore,
     ReferenceValueStore,
+    load_or_create_certificate,
+    load_or_create_rsa_signing_key,
     load_or_create_signing_key,
 )
-from kbs.tokens import TokenSigner, TokenVerifier, jwk_thumbprint
+from kbs.tokens import (
+    SimpleTokenSigner,
+    TokenSigner,
+    TokenVerifier,
+    jwk_thumbprint,
+    self_signed_certificate,
+)
 from kbs.uris import read_uri
 from policy.defaults import (
     DEFAULT_ATTESTATION_POLICIES,
@@ -65,7 +77,12 @@ from storage_backends.errors import StorageError
 
 _logger = logging.getLogger(__name__)
 
-__all__ = ["create_app"]
+__all__ = ["API_NAMES", "ApiName", "create_app"]
+
+#: The APIs one application can serve: the KBS (``/kbs/v0/...``) and the attestation
+#: service (Trustee's ``restful-as``, at the root and under ``/as``).
+ApiName = Literal["kbs", "as"]
+API_NAMES: Final[tuple[ApiName, ...]] = ("kbs", "as")
 
 #: Seconds between sweeps of expired sessions.
 SESSION_SWEEP_INTERVAL_S: Final = 60.0
@@ -81,6 +98,7 @@ def create_app(
     clock: Clock | None = None,
     entropy: Entropy = system_entropy,
     extra_verifiers: Sequence[Verifier] = (),
+    apis: Collection[ApiName] = API_NAMES,
 ) -> FastAPI:
     """Build the KBS application.
 
@@ -90,8 +108,15 @@ def create_app(
         entropy: the source of nonces and session ids (default: the OS CSPRNG).
         extra_verifiers: verifiers to register beside those the settings enable
             (tests use this to plug in fakes).
+        apis: which APIs to serve: ``"kbs"``, ``"as"`` (the attestation-service API) or
+            both (the default). Health, readiness and the JWK Set are always served.
+
+    Raises:
+        ValueError: ``apis`` is empty or names an unknown API.
     """
     clock = clock or SystemClock()
+    if not apis or any(api not in API_NAMES for api in apis):
+        raise ValueError(f"apis must be a non-empty subset of {', '.join(API_NAMES)}")
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -114,16 +139,30 @@ def create_app(
         description="Trustee-compatible Key Broker Service and attestation service.",
         lifespan=lifespan,
     )
-    app.include_router(auth.router)
-    app.include_router(attest.router)
-    app.include_router(resource.router)
-    app.include_router(admin.router)
-    app.include_router(wellknown.router)
-    _add_fallback_routes(app)
+    _mount_routes(app, apis)
     for exc_type in (KbsError, AttestationError, PolicyError, StorageError):
         app.add_exception_handler(exc_type, _error_handler)
+    if "as" in apis:
+        app.add_middleware(restful_as.CollapseSlashesMiddleware)
     app.add_middleware(_CatchAllMiddleware)
     return app
+
+
+def _mount_routes(app: FastAPI, apis: Collection[ApiName]) -> None:
+    if "kbs" in apis:
+        app.include_router(auth.router)
+        app.include_router(attest.router)
+        app.include_router(resource.router)
+        app.include_router(admin.router)
+    app.include_router(wellknown.router)
+    if "kbs" in apis:
+        _add_fallback_routes(app)
+    if "as" in apis:
+        # At the root (where /healthz and the JWK Set are wellknown's), and under /as
+        # for load balancers that keep the prefix.
+        app.include_router(restful_as.router, tags=["attestation service"])
+        for router in (restful_as.router, restful_as.prefixed_router):
+            app.include_router(router, prefix=restful_as.PREFIX, include_in_schema=False)
 
 
 def _add_fallback_routes(app: FastAPI) -> None:
@@ -158,7 +197,12 @@ async def _error_handler(request: Request, exc: Exception) -> Response:
             info.variant,
             info.detail,
         )
-    return json_response({"type": info.type, "detail": info.detail}, status_code=info.status)
+    headers = None
+    if isinstance(exc, RateLimitedError):
+        headers = {"retry-after": str(exc.retry_after_s)}
+    return json_response(
+        {"type": info.type, "detail": info.detail}, status_code=info.status, headers=headers
+    )
 
 
 class _CatchAllMiddleware:
@@ -251,10 +295,12 @@ async def _build_state(
         RESOURCE_NAMESPACE, DEFAULT_RESOURCE_POLICY_ID, resource_policy, at=at, overwrite=False
     )
 
-    signer = await _build_signer(settings, engine, at)
-    _logger.info("token signer key id %s", signer.kid)
+    signer = await _build_signer(settings, engine, at, entropy)
+    simple_signer = await _build_simple_signer(settings, engine, at, entropy)
+    _logger.info("token signer key ids: EAR %s, Simple %s", signer.kid, simple_signer.kid)
     token_verifier = TokenVerifier(
-        own_keys=[signer.public_key],
+        # Tokens of both profiles this deployment issues are accepted (passport mode).
+        own_keys=[signer.public_key, simple_signer.public_key],
         trusted_certs=_load_certs(settings.attestation_token.trusted_certs_paths),
         trusted_jwks=_load_trusted_jwks(settings.attestation_token.trusted_jwk_sets),
         insecure_header_jwk=settings.attestation_token.insecure_header_jwk,
@@ -274,6 +320,7 @@ async def _build_state(
         reference_values=reference_values,
         signer=signer,
         broker=settings.attestation_service.attestation_token_broker,
+        simple_signer=simple_signer,
     )
     return KbsState(
         settings=settings,
@@ -289,22 +336,94 @@ async def _build_state(
         attestation=attestation,
         resources=build_resource_router(settings, engine=engine, clock=clock.now),
         admin=build_admin_authorizer(settings.admin),
+        simple_signer=simple_signer,
+        rate_limiter=RateLimiter.from_settings(settings.rate_limit),
     )
 
 
-async def _build_signer(settings: KbsSettings, engine: Any, at: dt.datetime) -> TokenSigner:
-    signer_settings = settings.attestation_service.attestation_token_broker.signer
+def _serial(entropy: Entropy) -> int:
+    # A positive serial of at most 127 bits (RFC 5280 allows 20 octets).
+    return (int.from_bytes(entropy(16), "big") >> 1) or 1
+
+
+async def _build_signer(
+    settings: KbsSettings, engine: Any, at: dt.datetime, entropy: Entropy
+) -> TokenSigner:
+    broker = settings.attestation_service.attestation_token_broker
+    signer_settings = broker.signer
     if signer_settings is None:
-        return TokenSigner(await load_or_create_signing_key(engine, at=at))
-    key = serialization.load_pem_private_key(signer_settings.key_path.read_bytes(), password=None)
-    if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise ValueError("attestation_token_broker.signer.key_path must hold an EC P-256 key")
-    chain = (
-        x509.load_pem_x509_certificates(signer_settings.cert_path.read_bytes())
-        if signer_settings.cert_path is not None
-        else []
+        # Generated once and shared through the database, with a self-signed certificate
+        # so relying parties that want an x5c chain (TNG >= v2.4) get one.
+        key = await load_or_create_signing_key(engine, at=at)
+        cert = await load_or_create_certificate(
+            engine,
+            key_name=TOKEN_SIGNING_KEY,
+            public_key=key.public_key(),
+            create=lambda: self_signed_certificate(
+                key,
+                common_name=f"{broker.issuer_name} EAR token signer",
+                at=at,
+                serial=_serial(entropy),
+            ),
+            at=at,
+        )
+        return TokenSigner(key, cert_chain=[cert], x5c_encoding=broker.x5c_encoding)
+    loaded = serialization.load_pem_private_key(
+        signer_settings.key_path.read_bytes(), password=None
     )
-    return TokenSigner(key, cert_chain=chain, cert_url=signer_settings.cert_url)
+    if isinstance(loaded, rsa.RSAPrivateKey):
+        raise ValueError(
+            "attestation_token_broker.signer.key_path holds an RSA key; the EAR signer "
+            "needs EC P-256 (an RSA key for Simple tokens goes in simple_signer)"
+        )
+    if not isinstance(loaded, ec.EllipticCurvePrivateKey):
+        raise ValueError("attestation_token_broker.signer.key_path must hold an EC P-256 key")
+    return TokenSigner(
+        loaded,
+        cert_chain=_load_chain(signer_settings.cert_path),
+        cert_url=signer_settings.cert_url,
+        x5c_encoding=broker.x5c_encoding,
+    )
+
+
+async def _build_simple_signer(
+    settings: KbsSettings, engine: Any, at: dt.datetime, entropy: Entropy
+) -> SimpleTokenSigner:
+    broker = settings.attestation_service.attestation_token_broker
+    signer_settings = broker.simple_signer
+    if signer_settings is None:
+        key = await load_or_create_rsa_signing_key(engine, at=at)
+        cert = await load_or_create_certificate(
+            engine,
+            key_name=SIMPLE_TOKEN_SIGNING_KEY,
+            public_key=key.public_key(),
+            create=lambda: self_signed_certificate(
+                key,
+                common_name=f"{broker.issuer_name} Simple token signer",
+                at=at,
+                serial=_serial(entropy),
+            ),
+            at=at,
+        )
+        return SimpleTokenSigner(key, cert_chain=[cert], x5c_encoding=broker.x5c_encoding)
+    loaded = serialization.load_pem_private_key(
+        signer_settings.key_path.read_bytes(), password=None
+    )
+    if not isinstance(loaded, rsa.RSAPrivateKey):
+        raise ValueError(
+            "attestation_token_broker.simple_signer.key_path must hold an RSA key "
+            "(2048 bits or more)"
+        )
+    return SimpleTokenSigner(
+        loaded,
+        cert_chain=_load_chain(signer_settings.cert_path),
+        cert_url=signer_settings.cert_url,
+        x5c_encoding=broker.x5c_encoding,
+    )
+
+
+def _load_chain(path: Path | None) -> list[x509.Certificate]:
+    return x509.load_pem_x509_certificates(path.read_bytes()) if path is not None else []
 
 
 def _load_certs(paths: Sequence[Path]) -> list[x509.Certificate]:

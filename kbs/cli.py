@@ -10,12 +10,15 @@ import os
 import socket
 import sys
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from kbs import __version__
+
+if TYPE_CHECKING:
+    from kbs.app import ApiName
 
 _logger = logging.getLogger(__name__)
 
@@ -25,6 +28,14 @@ __all__ = ["app_from_environment", "main"]
 DEV_PROFILE_ENV: Final = "KBS_SERVE_DEV_DATA_DIR"
 #: Set by ``kbs serve`` for its workers: the log level.
 LOG_LEVEL_ENV: Final = "KBS_LOG_LEVEL"
+#: Set by ``kbs serve --api`` for its workers: which APIs to serve (``all``, ``kbs``, ``as``).
+SERVE_API_ENV: Final = "KBS_SERVE_API"
+#: ``--api`` choices and the APIs each serves.
+_API_CHOICES: Final[dict[str, tuple[ApiName, ...]]] = {
+    "all": ("kbs", "as"),
+    "kbs": ("kbs",),
+    "as": ("as",),
+}
 
 _LOG_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -85,7 +96,13 @@ def app_from_environment() -> Any:
     dev_dir = os.environ.get(DEV_PROFILE_ENV)
     overrides = _dev_overrides(Path(dev_dir)) if dev_dir else None
     config = os.environ.get("KBS_CONFIG_FILE")
-    return create_app(load_settings(Path(config) if config else None, overrides=overrides))
+    api = os.environ.get(SERVE_API_ENV, "all")
+    if api not in _API_CHOICES:
+        raise ValueError(f"{SERVE_API_ENV} must be one of {', '.join(_API_CHOICES)}")
+    return create_app(
+        load_settings(Path(config) if config else None, overrides=overrides),
+        apis=_API_CHOICES[api],
+    )
 
 
 def _bind(address: str) -> socket.socket:
@@ -115,6 +132,7 @@ def _serve(args: argparse.Namespace) -> int:
     if args.config is not None:
         os.environ["KBS_CONFIG_FILE"] = str(args.config)
     os.environ[LOG_LEVEL_ENV] = args.log_level
+    os.environ[SERVE_API_ENV] = args.api
     try:
         settings = load_settings(args.config, overrides=overrides)
         tls = settings.http_server.tls_files()
@@ -142,8 +160,11 @@ def _serve(args: argparse.Namespace) -> int:
         timeout_graceful_shutdown=10,
     )
     _logger.info(
-        "kbs %s serving on %s with %d worker(s)",
+        "kbs %s serving %s on %s with %d worker(s)",
         __version__,
+        {"all": "the KBS and attestation-service APIs", "kbs": "the KBS API only"}.get(
+            args.api, "the attestation-service API only"
+        ),
         ", ".join(addresses),
         workers,
     )
@@ -231,6 +252,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--data-dir", type=Path, default=Path("data"), help="data dir for --dev")
     serve.add_argument("--workers", type=int, help="worker processes (default: CPU count)")
+    serve.add_argument(
+        "--api",
+        choices=sorted(_API_CHOICES),
+        default="all",
+        help="which APIs to serve: all (default), kbs (/kbs/v0/...), or as (the Trustee "
+        "restful-as compatible attestation service at / and /as/); health and the JWK Set "
+        "are always served",
+    )
     serve.add_argument(
         "--listen",
         action="append",

@@ -36,6 +36,7 @@ __all__ = [
     "ERROR_TYPE_PREFIX",
     "AdminAuthError",
     "AttestFailedError",
+    "AttestationRejectedError",
     "AuthFailedError",
     "DatabaseUnavailableError",
     "ErrorInfo",
@@ -46,6 +47,7 @@ __all__ = [
     "PayloadTooLargeError",
     "PluginNotFoundError",
     "PolicyDenyError",
+    "RateLimitedError",
     "RvpsError",
     "SerdeError",
     "TokenNotFoundError",
@@ -117,6 +119,19 @@ class DatabaseUnavailableError(KbsError):
     """The database could not be reached or failed (our fault: 503)."""
 
 
+class RateLimitedError(KbsError):
+    """The client sent more requests than its rate limit allows (429)."""
+
+    def __init__(self, message: str, *, retry_after_s: int) -> None:
+        """Carry the whole seconds after which a retry can succeed (``Retry-After``)."""
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class AttestationRejectedError(KbsError):
+    """A Simple-profile token was refused: a requested policy was not satisfied."""
+
+
 @dataclass(frozen=True, slots=True)
 class ErrorInfo:
     """How one error is answered."""
@@ -138,12 +153,14 @@ _TABLE: Final[tuple[tuple[type[BaseException], int, str, str | None], ...]] = (
     (InvalidResourcePathError, 404, "InvalidRequestPath", None),
     (PluginNotFoundError, 404, "PluginNotFound", None),
     (PayloadTooLargeError, 413, "PayloadTooLarge", None),
+    (RateLimitedError, 429, "TooManyRequests", None),
     (DatabaseUnavailableError, 503, "DatabaseUnavailable", None),
     (StorageUnavailableError, 503, "StorageUnavailable", None),
     (CollateralUnavailableError, 503, "CollateralUnavailable", None),
     (VerifierUnavailableError, 503, "VerifierUnavailable", None),
     (AuthFailedError, 401, "AttestationError", None),
     (AttestFailedError, 401, "AttestationError", None),
+    (AttestationRejectedError, 401, "AttestationError", None),
     (EvidenceInvalidError, 401, "AttestationError", None),
     (UnsupportedTeeError, 401, "AttestationError", None),
     (TokenNotFoundError, 401, "TokenNotFound", None),

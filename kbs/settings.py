@@ -48,6 +48,7 @@ __all__ = [
     "DatabaseSettings",
     "HttpServerSettings",
     "KbsSettings",
+    "RateLimitSettings",
     "ResourcePluginSettings",
     "development_settings",
     "load_settings",
@@ -161,7 +162,10 @@ class AttestationTokenSettings(_Section):
 
 
 class SignerSettings(_Section):
-    """``[attestation_service.attestation_token_broker.signer]``: EC P-256 signing key."""
+    """``[attestation_service.attestation_token_broker.signer]``: EC P-256 signing key.
+
+    The same shape serves ``simple_signer`` (ours), where ``key_path`` is an RSA key.
+    """
 
     key_path: Path
     cert_path: Path | None = None
@@ -169,9 +173,14 @@ class SignerSettings(_Section):
 
 
 class TokenBrokerSettings(_Section):
-    """``[attestation_service.attestation_token_broker]``."""
+    """``[attestation_service.attestation_token_broker]``.
 
-    type: Literal["Ear", "ear"] = "Ear"
+    ``type`` is Trustee's broker choice. The KBS flow always issues EAR tokens; ``type``
+    picks the profile the attestation-service API (``/attestation``) issues by default:
+    ``Ear`` or ``Simple`` (the legacy RS384 token TNG <= v2.3 accepts).
+    """
+
+    type: Literal["Ear", "ear", "Simple", "simple"] = "Ear"
     duration_min: int = Field(default=5, ge=1, le=24 * 60)
     issuer_name: str = "CoCo-Attestation-Service"
     developer_name: str = "https://confidentialcontainers.org"
@@ -181,6 +190,18 @@ class TokenBrokerSettings(_Section):
     signer: SignerSettings | None = None
     #: Legacy key (policies now live in the database); accepted and ignored.
     policy_dir: str | None = None
+    #: Ours: the RSA key (and certificate chain) of Simple tokens; generated once and
+    #: stored in the database when absent.
+    simple_signer: SignerSettings | None = None
+    #: Ours: how ``jwk.x5c`` certificates are encoded in token headers: ``base64url``
+    #: (no padding; what TNG and Trustee <= v0.20 use) or ``base64`` (RFC 7517, Trustee
+    #: v0.21+). The JWK Set endpoint always publishes standard base64.
+    x5c_encoding: Literal["base64url", "base64"] = "base64url"
+
+    @property
+    def default_profile(self) -> Literal["ear", "simple"]:
+        """The token profile ``/attestation`` issues when the request does not pick one."""
+        return "simple" if self.type.lower() == "simple" else "ear"
 
 
 class RvpsSettings(_Section):
@@ -233,6 +254,26 @@ class AttestationServiceSettings(_Section):
                 "this server has the attestation service built in (coco_as_builtin)"
             )
         return value
+
+
+# --------------------------------------------------------------------------- rate limit
+
+
+class RateLimitSettings(_Section):
+    """``[rate_limit]`` (ours): per-client limits on the unauthenticated, costly endpoints.
+
+    ``/kbs/v0/auth`` and the attestation-service ``/attestation`` and ``/challenge`` draw
+    from one token bucket per client address and server process: ``burst`` requests at
+    once, refilled at ``requests_per_second``. Above it the answer is 429. Behind a proxy
+    every client has the proxy's address, so size the limits for the proxy (or turn the
+    limiter off) until trusted-proxy handling exists.
+    """
+
+    enabled: bool = True
+    requests_per_second: float = Field(default=20.0, gt=0, le=1_000_000)
+    burst: int = Field(default=60, ge=1, le=1_000_000)
+    #: Client addresses remembered per process; the least recently seen is forgotten.
+    max_clients: int = Field(default=10_000, ge=1, le=10_000_000)
 
 
 # --------------------------------------------------------------------------- admin
@@ -482,6 +523,7 @@ class KbsSettings(BaseSettings):
     storage_backend: StorageBackendSettings | None = None
     plugins: list[ResourcePluginSettings] = Field(default_factory=list)
     policy_engine: PolicyEngineSettings | None = None
+    rate_limit: RateLimitSettings = Field(default_factory=RateLimitSettings)
 
     @field_validator("plugins", mode="before")
     @classmethod

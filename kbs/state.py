@@ -5,18 +5,21 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
+from cryptography.hazmat.primitives import serialization
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from kbs.admin_auth import AdminAuthorizer
 from kbs.appraisal import AttestationService
 from kbs.clock import Clock
 from kbs.entropy import Entropy
+from kbs.ratelimit import RateLimiter
 from kbs.resources import ResourceRouter
 from kbs.sessions import SessionStore
 from kbs.settings import KbsSettings
 from kbs.stores import PolicyStore, ReferenceValueStore
-from kbs.tokens import TokenSigner, TokenVerifier
+from kbs.tokens import SimpleTokenSigner, TokenSigner, TokenVerifier
 from policy.base import PolicyEngine
 
 _logger = logging.getLogger(__name__)
@@ -41,8 +44,24 @@ class KbsState:
     attestation: AttestationService
     resources: ResourceRouter
     admin: AdminAuthorizer
+    simple_signer: SimpleTokenSigner
+    rate_limiter: RateLimiter
 
     @property
     def body_limit(self) -> int:
         """Largest accepted request body, bytes."""
         return self.settings.http_server.payload_request_size * 1024 * 1024
+
+    def published_jwks(self) -> dict[str, Any]:
+        """The JWK Set of both token signers (EAR, then Simple), as every API serves it."""
+        return {"keys": [dict(self.signer.jwks_entry), dict(self.simple_signer.jwks_entry)]}
+
+    def token_certificates_pem(self) -> str:
+        """The certificate chains of both token signers, PEM, each certificate once."""
+        seen: list[str] = []
+        for signer in (self.signer, self.simple_signer):
+            for cert in signer.cert_chain:
+                pem = cert.public_bytes(serialization.Encoding.PEM).decode()
+                if pem not in seen:
+                    seen.append(pem)
+        return "".join(seen)

@@ -7,16 +7,18 @@ server process takes effect in all of them.
 
 from __future__ import annotations
 
+import builtins
 import datetime as dt
 import hashlib
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 import sqlalchemy as sa
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -31,6 +33,8 @@ __all__ = [
     "RESOURCE_NAMESPACE",
     "PolicyStore",
     "ReferenceValueStore",
+    "load_or_create_certificate",
+    "load_or_create_rsa_signing_key",
     "load_or_create_signing_key",
 ]
 
@@ -41,6 +45,12 @@ RESOURCE_NAMESPACE: Final = "resource"
 
 #: Name of the EAR token signing key in ``kbs_signing_keys``.
 TOKEN_SIGNING_KEY: Final = "ear-token-signer"  # noqa: S105 - a row name, not a secret
+#: Name of the Simple token (RS384) signing key in ``kbs_signing_keys``.
+SIMPLE_TOKEN_SIGNING_KEY: Final = "simple-token-signer"  # noqa: S105 - a row name
+#: A generated key's self-signed certificate is stored beside it, as ``<key name>.crt``.
+CERTIFICATE_SUFFIX: Final = ".crt"
+#: Size of a generated Simple token key (the reference generates 2048-bit keys too).
+SIMPLE_TOKEN_KEY_BITS: Final = 2048
 
 
 def policy_sha384(text: str) -> str:
@@ -86,6 +96,23 @@ class PolicyStore:
                     .order_by(db.policies.c.policy_id)
                 )
                 return [row.policy_id for row in rows]
+        except SQLAlchemyError as exc:
+            raise DatabaseUnavailableError("policies could not be listed") from exc
+
+    async def list_with_hashes(self, namespace: str) -> builtins.list[tuple[str, str]]:
+        """Return ``(policy id, SHA-384 hex of its text)`` pairs in ``namespace``, sorted.
+
+        Raises:
+            DatabaseUnavailableError: the database could not be read.
+        """
+        try:
+            async with self._engine.connect() as conn:
+                rows = await conn.execute(
+                    sa.select(db.policies.c.policy_id, db.policies.c.sha384)
+                    .where(db.policies.c.namespace == namespace)
+                    .order_by(db.policies.c.policy_id)
+                )
+                return [(row.policy_id, row.sha384) for row in rows]
         except SQLAlchemyError as exc:
             raise DatabaseUnavailableError("policies could not be listed") from exc
 
@@ -225,6 +252,50 @@ def _live(at: dt.datetime) -> sa.ColumnElement[bool]:
     )
 
 
+async def _load_or_create_pem(
+    engine: AsyncEngine, name: str, create: Callable[[], str], *, at: dt.datetime
+) -> str:
+    """Return the PEM stored as ``name``, storing ``create()`` first if there is none.
+
+    Several processes starting at once agree on one value: the first insert wins and
+    everyone reads the stored row back.
+
+    Raises:
+        DatabaseUnavailableError: the database could not be read or written.
+    """
+    select = sa.select(db.signing_keys.c.pem).where(db.signing_keys.c.name == name)
+    try:
+        async with engine.connect() as conn:
+            pem = await conn.scalar(select)
+        if pem is None:
+            fresh = create()
+            try:
+                async with engine.begin() as conn:
+                    await conn.execute(
+                        db.signing_keys.insert().values(
+                            name=name, pem=fresh, created_at=db.to_millis(at)
+                        )
+                    )
+                _logger.info("generated %s and stored it in the database", name)
+            except IntegrityError:
+                _logger.debug("another process stored %s first", name)
+            async with engine.connect() as conn:
+                pem = await conn.scalar(select)
+    except SQLAlchemyError as exc:
+        raise DatabaseUnavailableError(f"{name} could not be loaded") from exc
+    if pem is None:
+        raise DatabaseUnavailableError(f"{name} vanished from the database")
+    return str(pem)
+
+
+def _private_pem(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> str:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+
+
 async def load_or_create_signing_key(
     engine: AsyncEngine, *, at: dt.datetime, name: str = TOKEN_SIGNING_KEY
 ) -> ec.EllipticCurvePrivateKey:
@@ -236,37 +307,67 @@ async def load_or_create_signing_key(
     Raises:
         DatabaseUnavailableError: the database could not be read or written.
     """
-    try:
-        async with engine.connect() as conn:
-            pem = await conn.scalar(
-                sa.select(db.signing_keys.c.pem).where(db.signing_keys.c.name == name)
-            )
-        if pem is None:
-            fresh = ec.generate_private_key(ec.SECP256R1())
-            fresh_pem = fresh.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            ).decode()
-            try:
-                async with engine.begin() as conn:
-                    await conn.execute(
-                        db.signing_keys.insert().values(
-                            name=name, pem=fresh_pem, created_at=db.to_millis(at)
-                        )
-                    )
-                _logger.info("generated the %s key and stored it in the database", name)
-            except IntegrityError:
-                _logger.debug("another process stored the %s key first", name)
-            async with engine.connect() as conn:
-                pem = await conn.scalar(
-                    sa.select(db.signing_keys.c.pem).where(db.signing_keys.c.name == name)
-                )
-    except SQLAlchemyError as exc:
-        raise DatabaseUnavailableError("signing key could not be loaded") from exc
-    if pem is None:
-        raise DatabaseUnavailableError("signing key vanished from the database")
+    pem = await _load_or_create_pem(
+        engine, name, lambda: _private_pem(ec.generate_private_key(ec.SECP256R1())), at=at
+    )
     key = serialization.load_pem_private_key(pem.encode(), password=None)
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise DatabaseUnavailableError("stored signing key is not an EC key")
     return key
+
+
+async def load_or_create_rsa_signing_key(
+    engine: AsyncEngine, *, at: dt.datetime, name: str = SIMPLE_TOKEN_SIGNING_KEY
+) -> rsa.RSAPrivateKey:
+    """Return the deployment's RSA (Simple token) signing key, generating it once.
+
+    Raises:
+        DatabaseUnavailableError: the database could not be read or written.
+    """
+
+    def create() -> str:
+        return _private_pem(
+            rsa.generate_private_key(public_exponent=65537, key_size=SIMPLE_TOKEN_KEY_BITS)
+        )
+
+    pem = await _load_or_create_pem(engine, name, create, at=at)
+    key = serialization.load_pem_private_key(pem.encode(), password=None)
+    if not isinstance(key, rsa.RSAPrivateKey):
+        raise DatabaseUnavailableError("stored Simple token signing key is not an RSA key")
+    return key
+
+
+async def load_or_create_certificate(
+    engine: AsyncEngine,
+    *,
+    key_name: str,
+    public_key: ec.EllipticCurvePublicKey | rsa.RSAPublicKey,
+    create: Callable[[], x509.Certificate],
+    at: dt.datetime,
+) -> x509.Certificate:
+    """Return the certificate stored beside the generated key ``key_name``.
+
+    ``create`` builds it (self-signed) the first time; every replica then serves the
+    same certificate.
+
+    Raises:
+        DatabaseUnavailableError: the database could not be read or written, or the
+            stored certificate is not for ``public_key``.
+    """
+    name = key_name + CERTIFICATE_SUFFIX
+    pem = await _load_or_create_pem(
+        engine, name, lambda: create().public_bytes(serialization.Encoding.PEM).decode(), at=at
+    )
+    try:
+        cert = x509.load_pem_x509_certificate(pem.encode())
+    except ValueError as exc:
+        raise DatabaseUnavailableError(f"stored {name} is not a PEM certificate") from exc
+    stored = cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    expected = public_key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    if stored != expected:
+        raise DatabaseUnavailableError(f"stored {name} does not certify {key_name}")
+    return cert

@@ -1,11 +1,13 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Attestation tokens: signing our EAR tokens and verifying tokens on resource requests.
+"""Attestation tokens: signing our tokens and verifying tokens on resource requests.
 
-Our tokens are ES256 JWTs whose header carries the signer's public key twice over: as
-the reference does (``jwk``) and as a ``kid`` (RFC 7638 thumbprint) that our JWKS
-endpoint publishes. A resource request's token is verified on every request, even when
-it comes from the session: signature, then ``exp`` (judged at the request's instant),
-then the TEE public key is extracted.
+Two profiles are signed here. EAR tokens (the KBS's and the attestation-service API's)
+are ES256; Simple tokens (the legacy profile of Trustee's attestation service, which TNG
+<= v2.3 requires) are RS384. Every header carries the signer's public key twice over: as
+the reference does (``jwk``, with the certificate chain in ``x5c``) and as a ``kid``
+(RFC 7638 thumbprint) that our JWKS endpoint publishes. A resource request's token is
+verified on every request, even when it comes from the session: signature, then ``exp``
+(judged at the request's instant), then the TEE public key is extracted.
 """
 
 from __future__ import annotations
@@ -17,27 +19,37 @@ import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, ClassVar, Final, Literal
 
 import jwt
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.x509.oid import NameOID
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
+from kbs.entropy import Entropy
 from kbs.errors import TokenVerifierError
 
 _logger = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_TEEKEY_POINTERS",
+    "SimpleTokenSigner",
     "TokenSigner",
     "TokenVerifier",
+    "X5cEncoding",
     "jwk_thumbprint",
     "public_jwk",
     "resolve_pointer",
+    "rsa_public_jwk",
+    "self_signed_certificate",
 ]
+
+#: How ``x5c`` entries are written: URL-safe without padding (TNG, Trustee <= v0.20) or
+#: standard base64 (RFC 7517, Trustee v0.21+).
+X5cEncoding = Literal["base64url", "base64"]
 
 #: Leeway on ``exp`` (seconds), as the reference's JWT library applies.
 EXP_LEEWAY_S: Final = 60
@@ -53,6 +65,20 @@ DEFAULT_TEEKEY_POINTERS: Final = (
     "/submods/cpu0/ear.veraison.annotated-evidence/runtime_data_claims/tee-pubkey",
     "/tee-pubkey",
 )
+
+#: Smallest RSA key accepted for signing or verifying tokens.
+MIN_RSA_BITS: Final = 2048
+
+#: Length and alphabet of a Simple token's ``jti`` (the reference's 10 alphanumerics).
+JTI_LENGTH: Final = 10
+_JTI_ALPHABET: Final = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+
+#: Lifetime of a certificate generated for a generated signing key.
+GENERATED_CERT_VALIDITY: Final = dt.timedelta(days=3650)
+#: Subject alternative name of a generated certificate (it names no host).
+GENERATED_CERT_URI: Final = "urn:confidential-kbs:token-signer"
+#: Back-dating of a generated certificate's notBefore, for relying parties whose clocks lag.
+GENERATED_CERT_BACKDATE: Final = dt.timedelta(hours=1)
 
 #: JWS algorithms a token may use; the key's own ``alg`` must also agree.
 _ALGORITHMS: Final = {
@@ -83,6 +109,66 @@ def public_jwk(key: ec.EllipticCurvePublicKey) -> dict[str, str]:
     }
 
 
+def rsa_public_jwk(key: rsa.RSAPublicKey) -> dict[str, str]:
+    """The JWK of an RSA public key for RS384, members as the reference emits them."""
+    numbers = key.public_numbers()
+    return {
+        "kty": "RSA",
+        "alg": "RS384",
+        "n": _b64url(numbers.n.to_bytes((numbers.n.bit_length() + 7) // 8, "big")),
+        "e": _b64url(numbers.e.to_bytes((numbers.e.bit_length() + 7) // 8, "big")),
+    }
+
+
+def _encode_x5c(chain: Sequence[x509.Certificate], encoding: X5cEncoding) -> list[str]:
+    ders = [c.public_bytes(serialization.Encoding.DER) for c in chain]
+    if encoding == "base64url":
+        return [_b64url(der) for der in ders]
+    return [base64.b64encode(der).decode() for der in ders]
+
+
+def self_signed_certificate(
+    private_key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey,
+    *,
+    common_name: str,
+    at: dt.datetime,
+    serial: int,
+) -> x509.Certificate:
+    """A self-signed certificate for a token signing key, usable as its own trust anchor.
+
+    Shaped for the verifiers that check token signer chains: ``CA:FALSE`` (rustls-webpki
+    refuses a CA certificate as an end entity) and no key usage or extended key usage
+    extension, so TNG >= v2.4 (client-auth usage), TNG v2.2 (server-auth usage) and
+    OpenSSL (which would otherwise want ``keyCertSign`` on a self-issued anchor) accept it.
+    Key identifiers and a URI subject alternative name satisfy the stricter Web PKI
+    profile (e.g. ``cryptography``'s verifier), which wants both.
+    """
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "confidential-kbs"),
+        ]
+    )
+    public = private_key.public_key()
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(public)
+        .serial_number(serial)
+        .not_valid_before(at - GENERATED_CERT_BACKDATE)
+        .not_valid_after(at + GENERATED_CERT_VALIDITY)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(public), critical=False)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(GENERATED_CERT_URI)]),
+            critical=False,
+        )
+        .sign(private_key, hashes.SHA256())
+    )
+
+
 def jwk_thumbprint(jwk: Mapping[str, Any]) -> str:
     """RFC 7638 SHA-256 thumbprint of an EC, RSA or OKP JWK (base64url)."""
     kty = jwk.get("kty")
@@ -98,8 +184,55 @@ def jwk_thumbprint(jwk: Mapping[str, Any]) -> str:
     return _b64url(hashlib.sha256(canonical).digest())
 
 
-class TokenSigner:
+class _JwsSigner:
+    """What both token signers share: header, JWK Set entry, certificate chain."""
+
+    algorithm: ClassVar[str]
+    _key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+    public_key: ec.EllipticCurvePublicKey | rsa.RSAPublicKey
+
+    def _setup(
+        self,
+        base_jwk: dict[str, Any],
+        cert_chain: Sequence[x509.Certificate],
+        cert_url: str | None,
+        x5c_encoding: X5cEncoding,
+    ) -> None:
+        if cert_chain and not _same_public_key(cert_chain[0].public_key(), self.public_key):
+            raise ValueError("the signer certificate does not match the signing key")
+        self.cert_chain: tuple[x509.Certificate, ...] = tuple(cert_chain)
+        self.kid = jwk_thumbprint(base_jwk)
+        jwk = dict(base_jwk)
+        published = dict(base_jwk)
+        if cert_url:
+            jwk["x5u"] = published["x5u"] = cert_url
+        if cert_chain:
+            jwk["x5c"] = _encode_x5c(cert_chain, x5c_encoding)
+            published["x5c"] = _encode_x5c(cert_chain, "base64")
+        #: The JWK in token headers (``x5c`` in the configured encoding).
+        self.jwk: Mapping[str, Any] = jwk
+        #: The JWK Set entry (``x5c`` in standard base64, as RFC 7517 says).
+        self.jwks_entry: Mapping[str, Any] = {**published, "kid": self.kid, "use": "sig"}
+        self._headers = {"typ": "JWT", "jwk": dict(jwk), "kid": self.kid}
+
+    def sign(self, claims: Mapping[str, Any]) -> str:
+        """Return the compact JWS of ``claims``."""
+        return jwt.encode(dict(claims), self._key, algorithm=self.algorithm, headers=self._headers)
+
+    def certificate_pem(self) -> str:
+        """The signer's certificate chain as PEM (leaf first), or ``""`` if none."""
+        return "".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in self.cert_chain)
+
+    def jwks(self) -> dict[str, Any]:
+        """The JWK Set publishing this signer's key."""
+        return {"keys": [dict(self.jwks_entry)]}
+
+
+class TokenSigner(_JwsSigner):
     """Signs EAR tokens with one EC P-256 key."""
+
+    algorithm: ClassVar[str] = "ES256"
+    public_key: ec.EllipticCurvePublicKey
 
     def __init__(
         self,
@@ -107,6 +240,7 @@ class TokenSigner:
         *,
         cert_chain: Sequence[x509.Certificate] = (),
         cert_url: str | None = None,
+        x5c_encoding: X5cEncoding = "base64",
     ) -> None:
         """Sign with ``private_key``; ``cert_chain`` (leaf first) goes into ``jwk.x5c``.
 
@@ -117,27 +251,72 @@ class TokenSigner:
             raise ValueError("the token signing key must be an EC P-256 key")
         self._key = private_key
         self.public_key = private_key.public_key()
-        jwk: dict[str, Any] = public_jwk(self.public_key)
-        if cert_url:
-            jwk["x5u"] = cert_url
-        if cert_chain:
-            if cert_chain[0].public_key() != self.public_key:
-                raise ValueError("the signer certificate does not match the signing key")
-            jwk["x5c"] = [
-                base64.b64encode(c.public_bytes(serialization.Encoding.DER)).decode()
-                for c in cert_chain
-            ]
-        self.jwk: Mapping[str, Any] = jwk
-        self.kid = jwk_thumbprint(jwk)
-        self._headers = {"typ": "JWT", "jwk": dict(jwk), "kid": self.kid}
+        self._setup(public_jwk(self.public_key), cert_chain, cert_url, x5c_encoding)
 
-    def sign(self, claims: Mapping[str, Any]) -> str:
-        """Return the compact JWS of ``claims``."""
-        return jwt.encode(dict(claims), self._key, algorithm="ES256", headers=self._headers)
 
-    def jwks(self) -> dict[str, Any]:
-        """The JWK Set publishing this signer's key."""
-        return {"keys": [{**self.jwk, "kid": self.kid, "use": "sig"}]}
+class SimpleTokenSigner(_JwsSigner):
+    """Signs Simple tokens (the reference's legacy RS384 profile) with one RSA key.
+
+    The ``jwk`` goes into the header (TNG >= v1.0.6 reads it there) and, as
+    :meth:`sign_simple` writes it, into the claims too (older TNG reads it there).
+    """
+
+    algorithm: ClassVar[str] = "RS384"
+    public_key: rsa.RSAPublicKey
+
+    def __init__(
+        self,
+        private_key: rsa.RSAPrivateKey,
+        *,
+        cert_chain: Sequence[x509.Certificate] = (),
+        cert_url: str | None = None,
+        x5c_encoding: X5cEncoding = "base64url",
+    ) -> None:
+        """Sign with ``private_key``; ``cert_chain`` (leaf first) goes into ``jwk.x5c``.
+
+        Raises:
+            ValueError: the key has fewer than 2048 bits, or the chain's leaf is another
+                key.
+        """
+        if private_key.key_size < MIN_RSA_BITS:
+            raise ValueError("the Simple token signing key must be RSA with at least 2048 bits")
+        self._key = private_key
+        self.public_key = private_key.public_key()
+        self._setup(rsa_public_jwk(self.public_key), cert_chain, cert_url, x5c_encoding)
+
+    def sign_simple(
+        self,
+        claims: Mapping[str, Any],
+        *,
+        at: dt.datetime,
+        duration: dt.timedelta,
+        issuer: str,
+        entropy: Entropy,
+    ) -> tuple[str, dict[str, Any]]:
+        """Sign a Simple token: the reference's registered claims, then ``claims``.
+
+        Returns the compact JWS and the full claim set.
+        """
+        iat = int(at.timestamp())
+        full: dict[str, Any] = {
+            "iss": issuer,
+            "iat": iat,
+            "jti": _jti(entropy),
+            "nbf": iat,
+            "exp": iat + int(duration.total_seconds()),
+            **claims,
+            "jwk": dict(self.jwk),
+        }
+        return self.sign(full), full
+
+
+def _jti(entropy: Entropy) -> str:
+    # Rejection sampling keeps the 62 symbols equally likely.
+    limit = 256 - 256 % len(_JTI_ALPHABET)
+    out: list[str] = []
+    while len(out) < JTI_LENGTH:
+        out.extend(_JTI_ALPHABET[b % len(_JTI_ALPHABET)] for b in entropy(16) if b < limit)
+    return "".join(out[:JTI_LENGTH])
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,7 +351,8 @@ class TokenVerifier:
     """Verifies attestation tokens from our own signer and from configured issuers.
 
     Attributes:
-        own_keys: public keys of this deployment's signer(s) (always trusted).
+        own_keys: public keys of this deployment's signers (always trusted): the EAR
+            key (ES256) and the Simple key (RS384).
         trusted_certs: CA certificates; a token whose header ``jwk`` carries an ``x5c``
             chain to one of them is trusted (the reference's ``trusted_certs_paths``).
         trusted_jwks: keys by ``kid`` from configured JWK sets (``trusted_jwk_sets``).
@@ -180,7 +360,7 @@ class TokenVerifier:
         extra_teekey_paths: JSON pointers tried first when extracting the TEE key.
     """
 
-    own_keys: Sequence[ec.EllipticCurvePublicKey]
+    own_keys: Sequence[ec.EllipticCurvePublicKey | rsa.RSAPublicKey]
     trusted_certs: Sequence[x509.Certificate] = ()
     trusted_jwks: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     insecure_header_jwk: bool = False
@@ -235,29 +415,36 @@ class TokenVerifier:
 
     def _select_key(self, header: Mapping[str, Any], *, at: dt.datetime) -> _TrustedKey:
         jwk = header.get("jwk")
+        kid = header.get("kid")
+        listed = self.trusted_jwks.get(kid) if isinstance(kid, str) else None
         if isinstance(jwk, dict):
             key = _key_from_jwk(jwk)
-            # a. Our own signer.
-            if any(_same_public_key(key, own) for own in self.own_keys):
-                return _TrustedKey(key, "ES256")
+            # a. Our own signers: ES256 for the EC key, RS384 for the RSA key.
+            for own in self.own_keys:
+                if _same_public_key(key, own):
+                    alg = "RS384" if isinstance(own, rsa.RSAPublicKey) else "ES256"
+                    return _TrustedKey(key, alg)
+            # b. A configured JWK Set lists this very key under the header's kid (tokens
+            #    of another deployment of ours carry both jwk and kid).
+            if listed is not None and _same_public_key(_key_from_jwk(listed), key):
+                return _TrustedKey(key, listed.get("alg"))
             key_alg = jwk.get("alg") if isinstance(jwk.get("alg"), str) else None
-            # b. A certificate chain to a configured trust anchor.
+            # c. A certificate chain to a configured trust anchor.
             x5c = jwk.get("x5c")
             if isinstance(x5c, list) and x5c and self.trusted_certs:
                 leaf = _verify_x5c(x5c, self.trusted_certs, at=at)
                 if not _same_public_key(leaf.public_key(), key):
                     raise TokenVerifierError("token jwk does not match its x5c leaf certificate")
                 return _TrustedKey(key, key_alg)
-            # c. Deliberately trusting whatever key the header carries.
+            # d. Deliberately trusting whatever key the header carries.
             if self.insecure_header_jwk:
                 if key_alg is None:
                     raise TokenVerifierError("token jwk has no alg")
                 return _TrustedKey(key, key_alg)
             raise TokenVerifierError("token signer is not trusted")
-        kid = header.get("kid")
-        if isinstance(kid, str) and kid in self.trusted_jwks:
-            entry = self.trusted_jwks[kid]
-            return _TrustedKey(_key_from_jwk(entry), entry.get("alg"))
+        # e. No header key: a configured JWK Set must name the key.
+        if listed is not None:
+            return _TrustedKey(_key_from_jwk(listed), listed.get("alg"))
         raise TokenVerifierError("token signer is not trusted")
 
     def tee_pubkey(self, claims: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -283,7 +470,7 @@ def _check_key_type(key: Any, alg: str) -> None:
             or (crv == "P-384" and isinstance(key.curve, ec.SECP384R1))
         )
     elif kty == "RSA":
-        ok = isinstance(key, rsa.RSAPublicKey) and key.key_size >= 2048  # noqa: PLR2004
+        ok = isinstance(key, rsa.RSAPublicKey) and key.key_size >= MIN_RSA_BITS
     else:
         ok = isinstance(key, ed25519.Ed25519PublicKey)
     if not ok:

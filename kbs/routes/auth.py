@@ -14,6 +14,7 @@ from fastapi import APIRouter, Request, Response
 from kbs.deps import SESSION_COOKIE, StateDep, json_response, read_json
 from kbs.errors import AuthFailedError, SerdeError
 from kbs.protocol import ProtocolError, parse_auth_request
+from kbs.ratelimit import client_address
 from kbs.sessions import SESSION_ID_BYTES
 
 _logger = logging.getLogger(__name__)
@@ -40,11 +41,14 @@ def session_cookie(session_id: str, expires_at: dt.datetime) -> str:
     responses={
         200: {"description": "The challenge; the session id is in Set-Cookie"},
         401: {"description": "Unsupported protocol version or malformed request"},
+        429: {"description": "Too many requests from this client"},
     },
 )
 async def auth(request: Request, state: StateDep) -> Response:
     """Answer a kbs-types ``Request`` with a ``Challenge`` and a session cookie."""
     at = state.clock.now()
+    # Unauthenticated and it writes a session row: one token of the client's budget.
+    state.rate_limiter.check(client_address(request), at=at)
     try:
         body = await read_json(request, state.body_limit)
         req = parse_auth_request(body)

@@ -47,7 +47,7 @@ async def readyz(state: StateDep) -> Response:
     )
 
 
-@router.get("/.well-known/jwks.json", summary="Public key of the attestation token signer")
+@router.get("/.well-known/jwks.json", summary="Public keys of the attestation token signers")
 async def jwks(state: StateDep) -> Response:
-    """The JWK Set of this deployment's token signing key."""
-    return json_response(state.signer.jwks())
+    """The JWK Set of this deployment's token signing keys (EAR and Simple)."""
+    return json_response(state.published_jwks())

@@ -1,7 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
 #
 # Default resource policy (id `resource-policy`): release a resource only to a requester
-# whose attestation token appraised every device as `affirming`.
+# whose attestation token appraised every device as `affirming`, or whose token is a
+# Simple token (the legacy profile of the attestation-service API).
 #
 # Contract with the KBS (the same one Trustee's KBS uses):
 #   input              the verified EAR token claims, e.g.
@@ -29,4 +30,15 @@ allow if {
 	every appraisal in input.submods {
 		appraisal["ear.status"] == "affirming"
 	}
+}
+
+# A Simple token (no `submods`; `evaluation-reports` instead) is only ever issued when
+# every policy it lists found every device affirming (ours) or allowed it (Trustee's
+# Simple broker), so listing at least one policy is enough. In passport mode the guest
+# chose those policy ids; a deployment that trusts only some policies checks
+# input["evaluation-reports"][_]["policy-id"] (or, for EAR, "ear.appraisal-policy-id").
+allow if {
+	not "submods" in object.keys(input)
+	is_array(input["evaluation-reports"])
+	count(input["evaluation-reports"]) > 0
 }

@@ -190,3 +190,65 @@ storage_backend_type = "kvstorage"
         )
         for urls in ([a, b, a], [b, a, b], [a, a, b]):
             assert _flow(urls, TeeKeyPair.generate()) == b"shared-secret"
+
+
+def test_attestation_service_and_kbs_in_separate_processes(tmp_path: Path) -> None:
+    # `kbs serve --api as` and `kbs serve --api kbs` on one database: a guest attests at
+    # the attestation service, then fetches a secret from the KBS with the token.
+    data = ["--dev", "--data-dir", str(tmp_path / "data"), "--workers", "1"]
+    with (
+        kbs_server([*data, "--api", "as"], cwd=tmp_path) as (as_url, _),
+        kbs_server([*data, "--api", "kbs"], cwd=tmp_path) as (kbs_url, _),
+    ):
+        assert httpx.post(f"{as_url}/kbs/v0/auth", json={}).status_code == 404
+        assert httpx.post(f"{kbs_url}/as/attestation", json={}).status_code == 404
+        admin = [
+            "--url",
+            kbs_url,
+            "config",
+            "--auth-private-key",
+            str(tmp_path / "data/admin/admin.key"),
+        ]
+        secret = tmp_path / "secret"
+        secret.write_bytes(b"across processes")
+        result = run_cli(
+            "kbs.client", *admin, "set-resource", "--path", "a/b/c", "--resource-file", str(secret)
+        )
+        assert result.returncode == 0, result.stderr
+        values = tmp_path / "rv.json"
+        values.write_text(json.dumps(SAMPLE_REFERENCE_VALUES))
+        result = run_cli("kbs.client", *admin, "set-reference-values", "--values-file", str(values))
+        assert result.returncode == 0, result.stderr
+        # Both processes publish the same keys.
+        assert (
+            httpx.get(f"{as_url}/.well-known/jwks.json").json()
+            == httpx.get(f"{kbs_url}/.well-known/jwks.json").json()
+        )
+        for profile in ("ear", "simple"):
+            key = TeeKeyPair.generate()
+            runtime = {"tee-pubkey": key.public_jwk()}
+            digest = hashlib.sha384(rfc8785.dumps(runtime)).digest()
+            evidence = json.dumps({"svn": "1", "report_data": base64.b64encode(digest).decode()})
+            token = httpx.post(
+                f"{as_url}/as//attestation",
+                json={
+                    "verification_requests": [
+                        {
+                            "tee": "sample",
+                            "evidence": base64.urlsafe_b64encode(evidence.encode())
+                            .rstrip(b"=")
+                            .decode(),
+                            "runtime_data": {"structured": runtime},
+                        }
+                    ],
+                    "policy_ids": [],
+                    "token_type": profile,
+                },
+            )
+            assert token.status_code == 200, token.text
+            resource = httpx.get(
+                f"{kbs_url}/kbs/v0/resource/a/b/c",
+                headers={"Authorization": f"Bearer {token.text}"},
+            )
+            assert resource.status_code == 200, resource.text
+            assert key.decrypt(resource.json()) == b"across processes"

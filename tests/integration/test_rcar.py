@@ -9,16 +9,17 @@ import json
 import re
 from pathlib import Path
 
+import httpx
 import jwt
 import pytest
 import rfc8785
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwcrypto import jwe as jw_jwe
 from jwcrypto import jwk as jw_jwk
-from kbs.client.tee_key import TeeKeyPair
 from support.kbs_app import RunningKbs, advance
 
 from kbs.client.api import KbsClientError, SampleAttester, SampleDeviceAttester
+from kbs.client.tee_key import TeeKeyPair
 
 SECRET = b"model-key-\x00\x01\x02-bytes"
 ERR = "https://github.com/confidential-containers/kbs/errors/"
@@ -504,3 +505,31 @@ async def test_guest_client_against_sample_attester_without_rvs_fails_closed(
     async with kbs.guest(attester=SampleAttester()) as guest:
         with pytest.raises(KbsClientError, match="PolicyDeny"):
             await guest.get_resource("a/b/c")
+
+
+async def test_auth_is_rate_limited_per_client(tmp_path: Path, admin_key) -> None:
+    from support.kbs_app import running_kbs, settings_for  # noqa: PLC0415
+
+    settings = settings_for(
+        tmp_path, admin_key, overrides={"rate_limit": {"burst": 2, "requests_per_second": 1}}
+    )
+    async with running_kbs(settings) as kbs:
+        assert [(await _auth(kbs.http)).status_code for _ in range(3)] == [200, 200, 429]
+        refused = await _auth(kbs.http)
+        assert refused.status_code == 429
+        assert refused.json() == {
+            "type": ERR + "TooManyRequests",
+            "detail": "too many requests from this client",
+        }
+        assert refused.headers["retry-after"] == "1"
+        assert "set-cookie" not in refused.headers
+        # A second later the client has one request again; others were never limited.
+        advance(kbs.clock, seconds=1)
+        assert (await _auth(kbs.http)).status_code == 200
+        assert (await _auth(kbs.http)).status_code == 429
+        other = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=kbs.app, client=("192.0.2.7", 1234)),
+            base_url="http://kbs",
+        )
+        async with other:
+            assert (await _auth(other)).status_code == 200

@@ -14,11 +14,11 @@ import httpx
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from fastapi import FastAPI
-from kbs.client.tee_key import TeeKeyPair
 
 from attestation.base import Verifier
 from kbs.app import create_app
 from kbs.client.api import AdminClient, KbsClient, SampleAttester
+from kbs.client.tee_key import TeeKeyPair
 from kbs.clock import FrozenClock, SystemClock
 from kbs.settings import KbsSettings, load_settings
 
@@ -137,11 +137,14 @@ async def running_kbs(
     admin_key: AdminKey | None = None,
     extra_verifiers: Sequence[Verifier] = (),
     entropy: Any = None,
+    apis: Sequence[str] | None = None,
 ) -> AsyncIterator[RunningKbs]:
     clock = clock or now_clock()
     kwargs: dict[str, Any] = {"clock": clock, "extra_verifiers": extra_verifiers}
     if entropy is not None:
         kwargs["entropy"] = entropy
+    if apis is not None:
+        kwargs["apis"] = apis
     app = create_app(settings, **kwargs)
     async with (
         app.router.lifespan_context(app),

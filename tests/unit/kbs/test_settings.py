@@ -187,3 +187,54 @@ acls = [{ role = "admin", allowed_endpoints = ".*" }]
 """
     with pytest.raises(ConfigError, match="must start with"):
         load_settings(_write(tmp_path, text))
+
+
+ATTESTATION_SERVICE_API = """
+[attestation_service.attestation_token_broker]
+type = "Simple"
+x5c_encoding = "base64"
+[attestation_service.attestation_token_broker.simple_signer]
+key_path = "/etc/kbs/as-rsa.key"
+cert_path = "/etc/kbs/as-chain.pem"
+
+[rate_limit]
+requests_per_second = 5
+burst = 10
+max_clients = 100
+"""
+
+
+def test_attestation_service_api_keys(tmp_path: Path) -> None:
+    path = tmp_path / "kbs.toml"
+    path.write_text(ATTESTATION_SERVICE_API)
+    settings = load_settings(path)
+    broker = settings.attestation_service.attestation_token_broker
+    assert broker.default_profile == "simple"
+    assert broker.x5c_encoding == "base64"
+    assert broker.simple_signer is not None
+    assert broker.simple_signer.key_path == Path("/etc/kbs/as-rsa.key")
+    assert (settings.rate_limit.requests_per_second, settings.rate_limit.burst) == (5, 10)
+    assert settings.rate_limit.max_clients == 100
+    defaults = load_settings(None)
+    assert defaults.attestation_service.attestation_token_broker.default_profile == "ear"
+    assert defaults.attestation_service.attestation_token_broker.x5c_encoding == "base64url"
+    assert defaults.rate_limit.enabled is True
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[rate_limit]\nburst = 0\n", "rate_limit.burst"),
+        ("[rate_limit]\nper_minute = 3\n", "rate_limit.per_minute: unknown key"),
+        (
+            '[attestation_service.attestation_token_broker]\nx5c_encoding = "pem"\n',
+            "x5c_encoding",
+        ),
+        ('[attestation_service.attestation_token_broker]\ntype = "OIDC"\n', "type"),
+    ],
+)
+def test_attestation_service_api_key_errors(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "kbs.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_settings(path)

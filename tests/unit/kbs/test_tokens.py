@@ -14,7 +14,15 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from kbs.errors import TokenVerifierError
-from kbs.tokens import TokenSigner, TokenVerifier, jwk_thumbprint, public_jwk, resolve_pointer
+from kbs.tokens import (
+    SimpleTokenSigner,
+    TokenSigner,
+    TokenVerifier,
+    jwk_thumbprint,
+    public_jwk,
+    resolve_pointer,
+    self_signed_certificate,
+)
 
 AT = dt.datetime(2026, 11, 22, 12, 0, tzinfo=dt.UTC)
 
@@ -177,3 +185,141 @@ def test_resolve_pointer_escapes() -> None:
     assert resolve_pointer(doc, "/a~1b/m~0n/5") is None
     assert resolve_pointer(doc, "") == doc
     assert resolve_pointer(doc, "nope") is None
+
+
+# --------------------------------------------------------------------------- Simple tokens
+
+
+def _rsa(bits: int = 2048):
+    return rsa.generate_private_key(public_exponent=65537, key_size=bits)
+
+
+def _counter_entropy():
+    state = {"n": 0}
+
+    def entropy(size: int) -> bytes:
+        state["n"] += 1
+        return bytes((state["n"] * 7 + i * 13) % 256 for i in range(size))
+
+    return entropy
+
+
+def test_simple_token_header_claims_and_verification() -> None:
+    key = _rsa()
+    cert = self_signed_certificate(key, common_name="simple", at=AT, serial=7)
+    signer = SimpleTokenSigner(key, cert_chain=[cert])
+    token, claims = signer.sign_simple(
+        {"tee": "sample", "evaluation-reports": []},
+        at=AT,
+        duration=dt.timedelta(minutes=5),
+        issuer="CoCo-Attestation-Service",
+        entropy=_counter_entropy(),
+    )
+    header = jwt.get_unverified_header(token)
+    assert header["alg"] == "RS384"
+    assert header["typ"] == "JWT"
+    assert header["kid"] == signer.kid == jwk_thumbprint(header["jwk"])
+    assert header["jwk"]["alg"] == "RS384"
+    assert header["jwk"]["kty"] == "RSA"
+    # x5c in base64url without padding by default (what TNG decodes).
+    (entry,) = header["jwk"]["x5c"]
+    assert "=" not in entry
+    assert "+" not in entry
+    assert "/" not in entry
+    der = base64.urlsafe_b64decode(entry + "=" * (-len(entry) % 4))
+    assert der == cert.public_bytes(serialization.Encoding.DER)
+    # The reference's registered claims, and the JWK again in the claims.
+    iat = int(AT.timestamp())
+    assert claims["iss"] == "CoCo-Attestation-Service"
+    assert (claims["iat"], claims["nbf"], claims["exp"]) == (iat, iat, iat + 300)
+    assert len(claims["jti"]) == 10
+    assert claims["jti"].isalnum()
+    assert claims["jwk"] == header["jwk"]
+    assert "aud" not in claims
+    # Our verifier trusts the deployment's own RSA key, with RS384 only.
+    verifier = TokenVerifier(own_keys=[signer.public_key])
+    assert verifier.verify(token, at=AT)["tee"] == "sample"
+    forged = jwt.encode(claims, key, algorithm="RS256", headers={"jwk": header["jwk"]})
+    with pytest.raises(TokenVerifierError, match="does not match its signing key"):
+        verifier.verify(forged, at=AT)
+    # Someone else's RSA key is not trusted.
+    with pytest.raises(TokenVerifierError, match="not trusted"):
+        TokenVerifier(own_keys=[_rsa().public_key()]).verify(token, at=AT)
+
+
+def test_jti_differs_between_tokens() -> None:
+    signer = SimpleTokenSigner(_rsa())
+    entropy = _counter_entropy()
+    jtis = {
+        signer.sign_simple(
+            {}, at=AT, duration=dt.timedelta(minutes=1), issuer="i", entropy=entropy
+        )[1]["jti"]
+        for _ in range(5)
+    }
+    assert len(jtis) == 5
+
+
+def test_simple_signer_refuses_small_keys_and_foreign_certificates() -> None:
+    with pytest.raises(ValueError, match="2048"):
+        SimpleTokenSigner(_rsa(1024))
+    other = self_signed_certificate(_rsa(), common_name="x", at=AT, serial=1)
+    with pytest.raises(ValueError, match="does not match"):
+        SimpleTokenSigner(_rsa(), cert_chain=[other])
+
+
+@pytest.mark.parametrize("encoding", ["base64url", "base64"])
+def test_x5c_encoding_in_headers_and_standard_base64_in_jwks(encoding) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = self_signed_certificate(key, common_name="ear", at=AT, serial=3)
+    der = cert.public_bytes(serialization.Encoding.DER)
+    signer = TokenSigner(key, cert_chain=[cert], cert_url="https://as/cert", x5c_encoding=encoding)
+    header = jwt.get_unverified_header(signer.sign(_claims()))
+    expected = (
+        base64.urlsafe_b64encode(der).rstrip(b"=").decode()
+        if encoding == "base64url"
+        else base64.b64encode(der).decode()
+    )
+    assert header["jwk"]["x5c"] == [expected]
+    assert header["jwk"]["x5u"] == "https://as/cert"
+    (published,) = signer.jwks()["keys"]
+    assert published["x5c"] == [base64.b64encode(der).decode()]
+    assert published["kid"] == signer.kid
+    assert signer.certificate_pem() == cert.public_bytes(serialization.Encoding.PEM).decode()
+    # Either encoding chains for our own verifier.
+    TokenVerifier(own_keys=[], trusted_certs=[cert]).verify(signer.sign(_claims()), at=AT)
+
+
+def test_generated_certificate_shape() -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = self_signed_certificate(key, common_name="EAR token signer", at=AT, serial=99)
+    assert cert.subject == cert.issuer
+    assert cert.serial_number == 99
+    assert cert.not_valid_before_utc < AT < cert.not_valid_after_utc
+    assert cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is False
+    for absent in (x509.KeyUsage, x509.ExtendedKeyUsage):
+        with pytest.raises(x509.ExtensionNotFound):
+            cert.extensions.get_extension_for_class(absent)
+    cert.verify_directly_issued_by(cert)
+    # cryptography's Web PKI client verifier takes it as its own anchor.
+    from cryptography.x509.verification import PolicyBuilder, Store  # noqa: PLC0415
+
+    PolicyBuilder().store(Store([cert])).time(AT).build_client_verifier().verify(cert, [])
+
+
+def test_a_jwks_listed_key_is_trusted_even_with_a_header_jwk() -> None:
+    # Tokens of another deployment of ours carry jwk and kid; its JWKS is configured.
+    signer = TokenSigner(ec.generate_private_key(ec.SECP256R1()))
+    token = signer.sign(_claims())
+    (entry,) = signer.jwks()["keys"]
+    verifier = TokenVerifier(own_keys=[], trusted_jwks={entry["kid"]: entry})
+    verifier.verify(token, at=AT)
+    # The same kid over another key in the header is not.
+    impostor = ec.generate_private_key(ec.SECP256R1())
+    forged = jwt.encode(
+        _claims(),
+        impostor,
+        algorithm="ES256",
+        headers={"jwk": public_jwk(impostor.public_key()), "kid": entry["kid"]},
+    )
+    with pytest.raises(TokenVerifierError, match="not trusted"):
+        verifier.verify(forged, at=AT)

@@ -503,6 +503,34 @@ def test_default_resource_policy_denies_malformed_claims(engine, claims):
     assert not engine.allow(DEFAULT_RESOURCE_POLICY, input_=claims, data=RESOURCE_DATA).allowed
 
 
+SIMPLE_REPORTS = [{"policy-id": "default", "policy-hash": "ab"}]
+
+
+@pytest.mark.parametrize(
+    ("claims", "allowed"),
+    [
+        # A Simple token is issued only when its policies were satisfied.
+        ({"evaluation-reports": SIMPLE_REPORTS, "tee": "tdx"}, True),
+        ({"evaluation-reports": []}, False),
+        ({"evaluation-reports": "default"}, False),
+        ({"evaluation-reports": None}, False),
+        # An EAR token cannot pass as Simple, whatever its submods say.
+        ({"evaluation-reports": SIMPLE_REPORTS, "submods": False}, False),
+        ({"evaluation-reports": SIMPLE_REPORTS, "submods": {}}, False),
+        (
+            {
+                "evaluation-reports": SIMPLE_REPORTS,
+                "submods": {"cpu0": appraisal_claims("contraindicated")},
+            },
+            False,
+        ),
+    ],
+)
+def test_default_resource_policy_and_simple_tokens(engine, claims, allowed):
+    decision = engine.allow(DEFAULT_RESOURCE_POLICY, input_=claims, data=RESOURCE_DATA)
+    assert decision.allowed is allowed
+
+
 @pytest.mark.parametrize(
     ("plugin", "allowed"), [("resource", True), ("nebula-ca", False), ("", False)]
 )
