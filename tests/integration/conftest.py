@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+
 from support.kbs_app import (
     SAMPLE_REFERENCE_VALUES,
     AdminKey,

@@ -12,9 +12,9 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from support.kbs_app import RunningKbs, make_admin_key, running_kbs, settings_for
 
 from kbs.client.api import AdminClient, KbsClientError
+from support.kbs_app import RunningKbs, make_admin_key, running_kbs, settings_for
 
 ERR = "https://github.com/confidential-containers/kbs/errors/"
 

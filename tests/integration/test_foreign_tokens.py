@@ -13,10 +13,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from support.kbs_app import make_admin_key, running_kbs, settings_for
 
 from kbs.client.tee_key import TeeKeyPair
 from kbs.tokens import public_jwk
+from support.kbs_app import make_admin_key, running_kbs, settings_for
 
 ERR = "https://github.com/confidential-containers/kbs/errors/"
 

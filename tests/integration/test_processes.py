@@ -11,10 +11,10 @@ from pathlib import Path
 import httpx
 import pytest
 import rfc8785
-from support.kbs_app import SAMPLE_REFERENCE_VALUES
-from support.processes import kbs_server, run_cli
 
 from kbs.client.tee_key import TeeKeyPair
+from support.kbs_app import SAMPLE_REFERENCE_VALUES
+from support.processes import kbs_server, run_cli
 
 pytestmark = pytest.mark.slow
 

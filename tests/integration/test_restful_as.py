@@ -23,6 +23,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
+
+from attestation.tdx.collateral import CachingCollateralSource, PccsFetcher
+from attestation.tdx.verifier import TdxVerifier
+from kbs.client.tee_key import TeeKeyPair
 from support.fake_pccs import FakePccs
 from support.kbs_app import (
     SAMPLE_REFERENCE_VALUES,
@@ -45,10 +49,6 @@ from support.tng_client import (
     tdx_evidence,
     tng_runtime_data,
 )
-
-from attestation.tdx.collateral import CachingCollateralSource, PccsFetcher
-from attestation.tdx.verifier import TdxVerifier
-from kbs.client.tee_key import TeeKeyPair
 
 ERR = "https://github.com/confidential-containers/kbs/errors/"
 SIMPLE = {"attestation_service": {"attestation_token_broker": {"type": "Simple"}}}

@@ -9,8 +9,6 @@ from dataclasses import replace
 
 import httpx
 import pytest
-from support.fake_pccs import FakePccs, pccs_response
-from support.tdx_pki import AT, TestPki
 
 from attestation.errors import CollateralUnavailableError, VerifierUnavailableError
 from attestation.tdx import collateral as collateral_module
@@ -20,6 +18,8 @@ from attestation.tdx.collateral import (
     MemoryCollateralStore,
     PccsFetcher,
 )
+from support.fake_pccs import FakePccs, pccs_response
+from support.tdx_pki import AT, TestPki
 
 HOUR = dt.timedelta(hours=1)
 

@@ -8,7 +8,6 @@ import hashlib
 import json
 
 import pytest
-from support.tdx_pki import AT, SEPT_VE_DISABLE, TD_DEBUG, TcbLevel, TestPki
 
 from attestation.errors import EvidenceInvalidError
 from attestation.tdx.base import Collateral, CollateralError
@@ -19,6 +18,7 @@ from attestation.tdx.dcap import (
     root_key_id,
     verify_quote,
 )
+from support.tdx_pki import AT, SEPT_VE_DISABLE, TD_DEBUG, TcbLevel, TestPki
 
 INTEL_ROOT_KEY_ID = (
     "46e403bd34f05a3f2817ab9badcaacc7ffc98e0f261008cd30dae936cace18d5"

@@ -11,8 +11,6 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 
 import httpx
 import pytest
-from support.fake_pccs import FakePccs
-from support.tdx_pki import AT, StaticCollateralSource, TestPki
 
 from attestation.base import NOT_PROVIDED
 from attestation.errors import (
@@ -25,6 +23,8 @@ from attestation.tdx.collateral import CachingCollateralSource, PccsFetcher
 from attestation.tdx.errors import EventLogReplayError, PckChainError, QuoteParseError
 from attestation.tdx.eventlog import parse_event_log
 from attestation.tdx.verifier import TdxVerifier
+from support.fake_pccs import FakePccs
+from support.tdx_pki import AT, StaticCollateralSource, TestPki
 
 RUNTIME_DIGEST = hashlib.sha384(b'{"nonce":"n","tee-pubkey":{}}').digest()
 INIT_DIGEST = hashlib.sha256(b"algorithm = 'sha256'\n").digest()

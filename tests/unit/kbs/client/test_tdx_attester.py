@@ -6,14 +6,14 @@ from __future__ import annotations
 import base64
 
 import pytest
-from support.fake_tsm import FakeTsm
-from support.tdx_pki import AT, StaticCollateralSource, TestPki
 
 from attestation.base import NOT_PROVIDED
 from attestation.tdx.eventlog import parse_event_log
 from attestation.tdx.quote import parse_quote
 from attestation.tdx.verifier import TdxVerifier
 from kbs.client.tdx_attester import TdxAttester, TdxAttesterError, trim_ccel
+from support.fake_tsm import FakeTsm
+from support.tdx_pki import AT, StaticCollateralSource, TestPki
 
 
 @pytest.fixture(scope="module")

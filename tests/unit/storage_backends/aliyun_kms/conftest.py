@@ -15,6 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from kbs.clock import SystemClock
+from storage_backends.aliyun_kms import AliyunKmsBackend, AliyunKmsSettings
 from support.kms_emulator import KmsEmulator
 from support.kms_fixtures import (
     ACCESS_KEY_ID,
@@ -28,9 +31,6 @@ from support.kms_fixtures import (
     make_client_key,
     make_tls_pki,
 )
-
-from kbs.clock import SystemClock
-from storage_backends.aliyun_kms import AliyunKmsBackend, AliyunKmsSettings
 
 
 @pytest.fixture(autouse=True)

@@ -7,7 +7,6 @@ import asyncio
 import logging
 
 import pytest
-from support.kms_fixtures import ACCESS_KEY_SECRET, CLIENT_KEY_PASSWORD, STS_TOKEN
 
 from storage_backends.aliyun_kms import (
     READINESS_PROBE_SECRET,
@@ -24,6 +23,7 @@ from storage_backends.errors import (
     ResourceTooLargeError,
     StorageUnavailableError,
 )
+from support.kms_fixtures import ACCESS_KEY_SECRET, CLIENT_KEY_PASSWORD, STS_TOKEN
 
 MODEL_KEY = ResourceDesc("default", "aliyun", "model-decryption-key")
 VALUE = "model-key-9c1e77f0a2"

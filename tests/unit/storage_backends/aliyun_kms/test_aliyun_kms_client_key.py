@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding
-from support.kms_fixtures import (
-    CLIENT_KEY_PASSWORD as PASSWORD,
-)
-from support.kms_fixtures import ClientKeyMaterial, TlsPki, write_client_key_files
 
 from kbs.clock import FrozenClock
 from storage_backends.aliyun_kms import AliyunKmsConfigError, ClientKey, InstanceGatewayClient
 from storage_backends.aliyun_kms.instance import string_to_sign
+from support.kms_fixtures import (
+    CLIENT_KEY_PASSWORD as PASSWORD,
+)
+from support.kms_fixtures import ClientKeyMaterial, TlsPki, write_client_key_files
 
 
 def test_string_to_sign_matches_recorded_sdk_layout():

@@ -6,13 +6,6 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-from support.kms_emulator import KmsEmulator
-from support.kms_fixtures import (
-    CLIENT_KEY_PASSWORD,
-    ClientKeyMaterial,
-    make_client_key,
-    write_client_key_files,
-)
 
 from kbs.clock import FrozenClock, SystemClock
 from storage_backends.aliyun_kms import (
@@ -27,6 +20,13 @@ from storage_backends.errors import (
     ResourceNotFoundError,
     StorageUnavailableError,
     UnsupportedOperationError,
+)
+from support.kms_emulator import KmsEmulator
+from support.kms_fixtures import (
+    CLIENT_KEY_PASSWORD,
+    ClientKeyMaterial,
+    make_client_key,
+    write_client_key_files,
 )
 
 MODEL_KEY = ResourceDesc("default", "aliyun", "model-decryption-key")

@@ -16,12 +16,6 @@ from pathlib import Path
 
 import pytest
 from alibabacloud_tea_openapi.utils import Utils
-from support.kms_fixtures import (
-    ACCESS_KEY_SECRET,
-    STS_ACCESS_KEY_ID,
-    STS_ACCESS_KEY_SECRET,
-    STS_TOKEN,
-)
 
 from kbs.clock import SystemClock
 from storage_backends.aliyun_kms import AliyunKmsConfigError, SharedGatewayClient
@@ -31,6 +25,12 @@ from storage_backends.errors import (
     ResourceTooLargeError,
     StorageUnavailableError,
     UnsupportedOperationError,
+)
+from support.kms_fixtures import (
+    ACCESS_KEY_SECRET,
+    STS_ACCESS_KEY_ID,
+    STS_ACCESS_KEY_SECRET,
+    STS_TOKEN,
 )
 
 MODEL_KEY = ResourceDesc("default", "aliyun", "model-decryption-key")
