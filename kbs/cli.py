@@ -101,6 +101,7 @@ def _bind(address: str) -> socket.socket:
 
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn  # noqa: PLC0415
+    from uvicorn.config import STARTUP_FAILURE  # noqa: PLC0415
     from uvicorn.supervisors import Multiprocess  # noqa: PLC0415
 
     from kbs.settings import ConfigError, load_settings  # noqa: PLC0415
@@ -149,7 +150,12 @@ def _serve(args: argparse.Namespace) -> int:
     )
     server = uvicorn.Server(config)
     if workers > 1:
-        Multiprocess(config, sockets=sockets).run()
+        supervisor = Multiprocess(config, sockets=sockets)
+        supervisor.run()
+        # A worker whose start-up failed stops the supervisor, which then returns
+        # normally; do not exit 0. (One worker: uvicorn itself exits with 3.)
+        if any(process.exitcode == STARTUP_FAILURE for process in supervisor.processes):
+            return STARTUP_FAILURE
     else:
         server.run(sockets=sockets)
     return 0
