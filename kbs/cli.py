@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import datetime as dt
 import logging
 import os
@@ -104,6 +105,9 @@ def _serve(args: argparse.Namespace) -> int:
     from uvicorn.config import STARTUP_FAILURE  # noqa: PLC0415
     from uvicorn.supervisors import Multiprocess  # noqa: PLC0415
 
+    from kbs.clock import SystemClock  # noqa: PLC0415
+    from kbs.entropy import system_entropy  # noqa: PLC0415
+    from kbs.resources import check_resource_backends  # noqa: PLC0415
     from kbs.settings import ConfigError, load_settings  # noqa: PLC0415
 
     if args.config is None and not args.dev and not os.environ.get("KBS_CONFIG_FILE"):
@@ -119,6 +123,10 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(args.config, overrides=overrides)
         tls = settings.http_server.tls_files()
+        # Open KMS client keys (password) and credential files once, before any worker.
+        asyncio.run(
+            check_resource_backends(settings, clock=SystemClock().now, entropy=system_entropy)
+        )
     except ConfigError as exc:
         print(f"kbs serve: {exc}", file=sys.stderr)
         return 2
