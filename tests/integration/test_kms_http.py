@@ -15,7 +15,7 @@ import contextlib
 import datetime as dt
 import logging
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -120,17 +120,24 @@ def kms(
     return Kms(emulator, kms_pki, client_key, tmp_path, admin_key)
 
 
+@dataclass
+class LogCheck:
+    """What :func:`secrets_never_logged` checks besides its fixed list."""
+
+    #: More texts that must not contain a secret (response bodies, error messages).
+    texts: list[str] = field(default_factory=list)
+    #: More values that must appear nowhere (credentials a test creates).
+    forbidden: list[str] = field(default_factory=list)
+
+
 @pytest.fixture
 def secrets_never_logged(
     caplog: pytest.LogCaptureFixture, client_key: ClientKeyMaterial
-) -> Iterator[list[str]]:
-    """Capture DEBUG logs; at the end, no credential and no secret value may be in them.
-
-    Yields the list of texts to check besides the log (tests add response bodies).
-    """
-    texts: list[str] = []
+) -> Iterator[LogCheck]:
+    """Capture DEBUG logs; at the end, no credential and no secret value may be in them."""
+    check = LogCheck()
     caplog.set_level(logging.DEBUG)
-    yield texts
+    yield check
     private_key_data = client_key.client_key_json.split('"PrivateKeyData": "')[1][:40]
     forbidden = [
         CLIENT_KEY_PASSWORD,
@@ -143,13 +150,14 @@ def secrets_never_logged(
         WRITTEN_V1.decode(),
         WRITTEN_V2.decode(),
         base64.b64encode(BINARY).decode(),
+        *check.forbidden,
     ]
     # At teardown caplog.text holds only this phase's records: format setup's and call's.
     formatter = logging.Formatter("%(name)s %(levelname)s %(message)s")
     records = [*caplog.get_records("setup"), *caplog.get_records("call")]
     assert records, "nothing was logged: the capture is not working"
     logged = "\n".join(formatter.format(record) for record in records)
-    for text in [logged, *texts]:
+    for text in [logged, *check.texts]:
         for secret in forbidden:
             assert secret not in text
 
@@ -364,7 +372,7 @@ async def test_outage_past_max_stale_is_503_naming_the_kms(kms, secrets_never_lo
                 "type": ERR + "StorageUnavailable",
                 "detail": "aliyun kms unavailable: network error",
             }
-            secrets_never_logged.append(response.text)
+            secrets_never_logged.texts.append(response.text)
             with pytest.raises(KbsClientError) as caught:
                 await fetch(kbs, MODEL_KEY_URI)
             assert caught.value.status == 503
@@ -408,7 +416,7 @@ async def test_a_signing_bug_is_our_fault_503_not_401(
         rejected_code = "SignatureDoesNotMatch"
     async with kms.kbs(plugin) as kbs:
         response = await raw_get(kbs, request[1])
-        secrets_never_logged.append(response.text)
+        secrets_never_logged.texts.append(response.text)
         assert response.status_code == 503
         assert response.json() == {
             "type": ERR + "StorageUnavailable",
@@ -509,7 +517,7 @@ async def test_wrong_client_key_password_is_a_clear_startup_error(kms, secrets_n
         f"resource backend default/aliyun: aliyun kms client key {wrong.key_id} could not be "
         "decrypted: wrong client key password or corrupt PKCS#12"
     )
-    secrets_never_logged.append(message)
+    secrets_never_logged.texts.append(message)
     assert "not-the-password-9d2e" not in message
     assert kms.emulator.requests == []
 
@@ -529,3 +537,65 @@ async def test_kms_entry_settings_are_the_backends(kms):
         assert backend.settings.tag_repository == "secrets"
         assert backend.settings.tag_type == "kms"
     assert kms.emulator.current("model-decryption-key")[0] == WRITTEN_V1.decode()
+
+
+# --------------------------------------------------------------------------- RRSA
+
+
+def trust_test_ca_in_certifi(monkeypatch: pytest.MonkeyPatch, kms: Kms) -> None:
+    """The credential provider calls STS over https and trusts only certifi's bundle."""
+    import certifi  # noqa: PLC0415
+
+    bundle = kms.tmp_path / "ca-bundle.pem"
+    bundle.write_text(Path(certifi.where()).read_text() + kms.pki.ca_pem)
+    monkeypatch.setattr(certifi, "where", lambda: str(bundle))
+
+
+async def test_shared_gateway_with_ack_rrsa_reads_and_writes(
+    kms, monkeypatch, secrets_never_logged
+):
+    # The pod's projected service-account token is exchanged at STS (AssumeRoleWithOIDC)
+    # for temporary credentials, which sign the KMS calls (the emulator checks both).
+    role_arn = "acs:ram::1234567890123456:role/kbs-kms"
+    provider_arn = "acs:ram::1234567890123456:oidc-provider/ack-rrsa-c0ffee"
+    oidc_token = "eyJhbGciOiJSUzI1NiJ9.emu-projected-token-4e1d.sig"
+    token_file = kms.tmp_path / "rrsa-token"
+    token_file.write_text(oidc_token)
+    kms.emulator.add_oidc_role(role_arn, provider_arn, oidc_token)
+    trust_test_ca_in_certifi(monkeypatch, kms)
+    plugin = {
+        "storage_backend_type": "kvstorage",
+        "mounts": [
+            {
+                "path": "default/aliyun",
+                "storage_backend_type": "Aliyun",
+                "credential_type": "oidc_role_arn",
+                "role_arn": role_arn,
+                "oidc_provider_arn": provider_arn,
+                "oidc_token_file_path": str(token_file),
+                "sts_endpoint": kms.emulator.endpoint,
+                "region_id": "cn-hangzhou",
+                "shared_endpoint": kms.emulator.endpoint,
+                "shared_ca_path": str(kms.pki.ca_path),
+                "kms_instance_id": kms.pki.kms_instance_id,
+                "connect_timeout": 2.0,
+                "read_timeout": 2.0,
+            }
+        ],
+    }
+    async with kms.kbs(plugin) as kbs:
+        assert await fetch(kbs, MODEL_KEY_URI) == MODEL_KEY.encode()
+        await kbs.admin().set_resource("default/aliyun/written", WRITTEN_V1)
+        assert await fetch(kbs, "kbs:///default/aliyun/written") == WRITTEN_V1
+        listed = await kbs.app.state.kbs.resources.list()
+    assert ResourceDesc("default", "aliyun", "written") in listed
+    assert kms.emulator.instance_of("written") == kms.pki.kms_instance_id
+    # One token exchange; every KMS call signed with the temporary key (and its token).
+    assert kms.emulator.count(action="AssumeRoleWithOIDC", status=200) == 1
+    kms_calls = [r for r in kms.emulator.requests if r.action != "AssumeRoleWithOIDC"]
+    # (the one 404: PutSecretValue on a new name, before CreateSecret)
+    assert {r.code for r in kms_calls} == {None, "Forbidden.ResourceNotFound"}
+    assert {r.signature for r in kms_calls} == {"ACS3-HMAC-SHA256"}
+    (issued,) = kms.emulator.issued_sts
+    # The OIDC token and the temporary credentials stay out of the logs too.
+    secrets_never_logged.forbidden.extend([oidc_token, issued[1], issued[2]])
