@@ -334,7 +334,7 @@ async def _build_state(
         signer=signer,
         token_verifier=token_verifier,
         attestation=attestation,
-        resources=build_resource_router(settings, engine=engine, clock=clock.now),
+        resources=build_resource_router(settings, engine=engine, clock=clock.now, entropy=entropy),
         admin=build_admin_authorizer(settings.admin),
         simple_signer=simple_signer,
         rate_limiter=RateLimiter.from_settings(settings.rate_limit),

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import datetime as dt
 import logging
 import os
@@ -118,8 +119,12 @@ def _bind(address: str) -> socket.socket:
 
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn  # noqa: PLC0415
+    from uvicorn.config import STARTUP_FAILURE  # noqa: PLC0415
     from uvicorn.supervisors import Multiprocess  # noqa: PLC0415
 
+    from kbs.clock import SystemClock  # noqa: PLC0415
+    from kbs.entropy import system_entropy  # noqa: PLC0415
+    from kbs.resources import check_resource_backends  # noqa: PLC0415
     from kbs.settings import ConfigError, load_settings  # noqa: PLC0415
 
     if args.config is None and not args.dev and not os.environ.get("KBS_CONFIG_FILE"):
@@ -136,6 +141,10 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         settings = load_settings(args.config, overrides=overrides)
         tls = settings.http_server.tls_files()
+        # Open KMS client keys (password) and credential files once, before any worker.
+        asyncio.run(
+            check_resource_backends(settings, clock=SystemClock().now, entropy=system_entropy)
+        )
     except ConfigError as exc:
         print(f"kbs serve: {exc}", file=sys.stderr)
         return 2
@@ -170,7 +179,12 @@ def _serve(args: argparse.Namespace) -> int:
     )
     server = uvicorn.Server(config)
     if workers > 1:
-        Multiprocess(config, sockets=sockets).run()
+        supervisor = Multiprocess(config, sockets=sockets)
+        supervisor.run()
+        # A worker whose start-up failed stops the supervisor, which then returns
+        # normally; do not exit 0. (One worker: uvicorn itself exits with 3.)
+        if any(process.exitcode == STARTUP_FAILURE for process in supervisor.processes):
+            return STARTUP_FAILURE
     else:
         server.run(sockets=sockets)
     return 0

@@ -4,10 +4,15 @@
 Resources are looked up through a :class:`ResourceRouter`: a list of mounts, each a
 ``(repository, type)`` prefix (``None`` = any) and a backend; the first matching mount
 wins, and the last mount is the catch-all default.
+
+The configuration's ``[[plugins]] name = "resource"`` entry gives the default backend;
+its ``[[plugins.mounts]]`` (ours) put other backends in front of it, e.g. Alibaba Cloud
+KMS for ``default/aliyun`` beside files for everything else.
 """
 
 from __future__ import annotations
 
+import builtins
 import datetime as dt
 import logging
 from collections.abc import Callable, Sequence
@@ -15,15 +20,18 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from kbs.settings import KbsSettings
+from kbs.entropy import Entropy, system_entropy
+from kbs.settings import ConfigError, KbsSettings, ResourceBackendSettings
+from storage_backends.aliyun_kms import AliyunKmsBackend, AliyunKmsConfigError
 from storage_backends.base import ResourceDesc, StorageBackend
+from storage_backends.errors import StorageError, StorageUnavailableError, UnsupportedOperationError
 from storage_backends.file import FileBackend
 from storage_backends.memory import MemoryBackend
 from storage_backends.sql import SqlBackend
 
 _logger = logging.getLogger(__name__)
 
-__all__ = ["Mount", "ResourceRouter", "build_resource_router"]
+__all__ = ["Mount", "ResourceRouter", "build_resource_router", "check_resource_backends"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +48,11 @@ class Mount:
             self.type is None or self.type == desc.type
         )
 
+    @property
+    def label(self) -> str:
+        """``<repository>/<type>`` with ``*`` for any (``*/*`` is the default)."""
+        return f"{self.repository or '*'}/{self.type or '*'}"
+
 
 class ResourceRouter:
     """Dispatches resource operations to the mounted backends."""
@@ -52,10 +65,14 @@ class ResourceRouter:
 
     def backend_for(self, desc: ResourceDesc) -> StorageBackend:
         """The backend that holds ``desc`` (the default if no mount matches)."""
+        return self.mount_for(desc).backend
+
+    def mount_for(self, desc: ResourceDesc) -> Mount:
+        """The mount that takes ``desc``: the first match, else the last (the default)."""
         for mount in self.mounts:
             if mount.matches(desc):
-                return mount.backend
-        return self.mounts[-1].backend
+                return mount
+        return self.mounts[-1]
 
     async def get(self, desc: ResourceDesc) -> bytes:
         """Read ``desc`` from its backend (see :meth:`StorageBackend.get`)."""
@@ -69,10 +86,48 @@ class ResourceRouter:
         """Delete ``desc`` from its backend (see :meth:`StorageBackend.delete`)."""
         await self.backend_for(desc).delete(desc)
 
-    async def check(self) -> None:
-        """Probe every backend (readiness)."""
+    async def list(self, *, skip_unsupported: bool = False) -> builtins.list[ResourceDesc]:
+        """Every resource a request can reach, sorted.
+
+        Each backend lists what it holds; a path is reported only if this router sends
+        it to that backend (a file at ``default/aliyun/x`` behind a KMS mount at
+        ``default/aliyun`` is unreachable, so it is left out).
+
+        Args:
+            skip_unsupported: leave out mounts whose backend cannot enumerate (an Aliyun
+                KMS backend without shared-gateway credentials) instead of failing.
+
+        Raises:
+            UnsupportedOperationError: a backend cannot enumerate (the message names
+                its mount), unless ``skip_unsupported``.
+            StorageUnavailableError: a backend could not be read.
+        """
+        found: set[ResourceDesc] = set()
         for mount in self.mounts:
-            await mount.backend.check()
+            try:
+                held = await mount.backend.list()
+            except UnsupportedOperationError as exc:
+                if skip_unsupported:
+                    _logger.info("resources under %s are not listed: %s", mount.label, exc)
+                    continue
+                raise UnsupportedOperationError(f"resources under {mount.label}: {exc}") from exc
+            found.update(desc for desc in held if self.mount_for(desc) is mount)
+        return sorted(found)
+
+    async def check(self) -> None:
+        """Probe every mounted backend (readiness); a failure names each failing mount.
+
+        Raises:
+            StorageUnavailableError: one or more backends are not usable now.
+        """
+        failures: builtins.list[str] = []
+        for mount in self.mounts:
+            try:
+                await mount.backend.check()
+            except StorageError as exc:
+                failures.append(f"{mount.label} ({mount.backend.kind}): {exc}")
+        if failures:
+            raise StorageUnavailableError("; ".join(failures))
 
     async def aclose(self) -> None:
         """Close every backend."""
@@ -81,7 +136,11 @@ class ResourceRouter:
 
 
 def build_resource_router(
-    settings: KbsSettings, *, engine: AsyncEngine, clock: Callable[[], dt.datetime]
+    settings: KbsSettings,
+    *,
+    engine: AsyncEngine,
+    clock: Callable[[], dt.datetime],
+    entropy: Entropy = system_entropy,
 ) -> ResourceRouter:
     """Build the backends the configuration names.
 
@@ -89,18 +148,56 @@ def build_resource_router(
     * ``type = "LocalFs"``: real directories under ``dir_path`` (Trustee <= v0.18 layout);
     * ``kvstorage`` with ``[storage_backend] storage_type = "LocalFs"``: Trustee v0.20+
       flat files under ``<dir_path>/repository``; ``"Postgres"``: the database;
-      ``"Memory"``: process memory (lost on restart); no ``[storage_backend]``: the database.
+      ``"Memory"``: process memory (lost on restart); no ``[storage_backend]``: the database;
+    * ``Aliyun``: Alibaba Cloud KMS (``clock`` dates its requests, ``entropy`` makes
+      version ids and retry jitter);
+    * each ``[[plugins.mounts]]`` entry: one of the above for its ``<repository>/<type>``,
+      in front of the default.
 
     Raises:
-        ValueError: a backend cannot be built from the settings.
+        ConfigError: an Aliyun KMS backend cannot be built (bad client key or password,
+            unreadable file, missing SDK); the message names the mount, never a secret.
+        ValueError: another backend cannot be built from the settings.
     """
     plugin = settings.resource_plugin
-    backend: StorageBackend
     if plugin is None:
-        backend = FileBackend(settings.data_dir / "repository", layout="tree", create=True)
-    elif plugin.storage_backend_type == "LocalFs":
-        backend = FileBackend(plugin.dir_path, layout="tree", create=True)
-    elif plugin.storage_backend_type == "kvstorage":
+        default = FileBackend(settings.data_dir / "repository", layout="tree", create=True)
+        return ResourceRouter([Mount(None, None, default)])
+    mounts = [
+        Mount(
+            entry.repository,
+            entry.resource_type,
+            _build_backend(
+                entry, entry.path, settings, engine=engine, clock=clock, entropy=entropy
+            ),
+        )
+        for entry in plugin.mounts
+    ]
+    default_backend = _build_backend(
+        plugin, "*/*", settings, engine=engine, clock=clock, entropy=entropy
+    )
+    router = ResourceRouter([*mounts, Mount(None, None, default_backend)])
+    if mounts:
+        _logger.info(
+            "resource mounts: %s",
+            ", ".join(f"{m.label} -> {m.backend.kind}" for m in router.mounts),
+        )
+    return router
+
+
+def _build_backend(
+    entry: ResourceBackendSettings,
+    label: str,
+    settings: KbsSettings,
+    *,
+    engine: AsyncEngine,
+    clock: Callable[[], dt.datetime],
+    entropy: Entropy,
+) -> StorageBackend:
+    backend: StorageBackend
+    if entry.storage_backend_type == "LocalFs":
+        backend = FileBackend(entry.dir_path, layout="tree", create=True)
+    elif entry.storage_backend_type == "kvstorage":
         kv = settings.storage_backend
         if kv is None or kv.storage_type == "Postgres":
             backend = SqlBackend(engine, clock=clock)
@@ -114,6 +211,49 @@ def build_resource_router(
                 "they are lost on restart and not shared between processes"
             )
             backend = MemoryBackend()
+    elif entry.storage_backend_type == "Aliyun":
+        backend = _aliyun_backend(entry, label, clock=clock, entropy=entropy)
     else:
-        raise ValueError(f"resource backend {plugin.storage_backend_type!r} is not available")
-    return ResourceRouter([Mount(None, None, backend)])
+        raise ValueError(f"resource backend {entry.storage_backend_type!r} is not available")
+    return backend
+
+
+def _aliyun_backend(
+    entry: ResourceBackendSettings,
+    label: str,
+    *,
+    clock: Callable[[], dt.datetime],
+    entropy: Entropy,
+) -> AliyunKmsBackend:
+    try:
+        return AliyunKmsBackend(entry.aliyun_kms_settings(), now=clock, entropy=entropy)
+    except AliyunKmsConfigError as exc:
+        # The message names keys, files and the client key id, never a secret.
+        raise ConfigError(f"resource backend {label}: {exc}") from exc
+
+
+async def check_resource_backends(
+    settings: KbsSettings, *, clock: Callable[[], dt.datetime], entropy: Entropy
+) -> None:
+    """Build and close every Aliyun KMS backend once, sending no request.
+
+    Building one opens the client key with its password and reads the CA, credential
+    and key files, so ``kbs serve`` calls this before it starts any worker: a wrong
+    password is a one-line error and a non-zero exit instead of a worker that fails
+    its start-up.
+
+    Raises:
+        ConfigError: a backend cannot be built; the message names the mount and the
+            problem, never a secret.
+    """
+    plugin = settings.resource_plugin
+    if plugin is None:
+        return
+    entries: builtins.list[tuple[str, ResourceBackendSettings]] = [
+        (mount.path, mount) for mount in plugin.mounts
+    ]
+    entries.append(("*/*", plugin))
+    for label, entry in entries:
+        if entry.storage_backend_type == "Aliyun":
+            backend = _aliyun_backend(entry, label, clock=clock, entropy=entropy)
+            await backend.aclose()

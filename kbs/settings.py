@@ -18,7 +18,7 @@ import logging
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, Self
 
 from pydantic import (
     AliasChoices,
@@ -37,6 +37,15 @@ from pydantic_settings import (
 )
 
 from kbs import __version__
+from storage_backends.aliyun_kms.settings import (
+    AliyunKmsConfigError,
+    AliyunKmsSettings,
+    CredentialType,
+    NamingMode,
+    ReadGateway,
+    SignatureAlgorithm,
+)
+from storage_backends.base import SEGMENT_PATTERN as _SEGMENT
 
 _logger = logging.getLogger(__name__)
 
@@ -49,6 +58,8 @@ __all__ = [
     "HttpServerSettings",
     "KbsSettings",
     "RateLimitSettings",
+    "ResourceBackendSettings",
+    "ResourceMountSettings",
     "ResourcePluginSettings",
     "development_settings",
     "load_settings",
@@ -66,9 +77,14 @@ class ConfigError(Exception):
 
 
 class _Section(BaseModel):
-    """Base of every configuration section: unknown keys are errors."""
+    """Base of every configuration section: unknown keys are errors.
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    Validation errors never quote the input: sections hold passwords and keys.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, populate_by_name=True, hide_input_in_errors=True
+    )
 
 
 # --------------------------------------------------------------------------- database
@@ -449,6 +465,93 @@ class StorageBackendSettings(_Section):
         return value
 
 
+#: The ``openanolis/trustee`` fork (the image Alibaba's Helm chart runs) reads these
+#: environment variables *over* the file's keys: ``KBS_RESOURCE_STORAGE_ALIYUN_<KEY>``.
+ALIYUN_ENV_PREFIX: Final = "KBS_RESOURCE_STORAGE_ALIYUN_"
+_ALIYUN_ENV_OVERRIDES: Final = (
+    "client_key",
+    "kms_instance_id",
+    "password",
+    "cert_pem",
+    "access_key_id",
+    "access_key_secret",
+    "region_id",
+    "endpoint",
+    "insecure_skip_tls_verify",
+)
+#: ... and these only when the file (and the override) leave the key unset; the fork's
+#: Helm chart 1.7.x fills them from a Kubernetes Secret.
+_ALIYUN_ENV_FALLBACKS: Final = {
+    "access_key_id": "ALIYUN_KMS_ACCESS_KEY_ID",
+    "access_key_secret": "ALIYUN_KMS_ACCESS_KEY_SECRET",
+    "region_id": "ALIYUN_KMS_REGION_ID",
+}
+#: Keys handed to :class:`AliyunKmsSettings` under the same name when set.
+_ALIYUN_PASSTHROUGH: Final = (
+    "kms_instance_id",
+    "client_key_path",
+    "password_path",
+    "cert_pem_path",
+    "instance_endpoint",
+    "region_id",
+    "shared_endpoint",
+    "shared_network",
+    "shared_ca_path",
+    "signature_algorithm",
+    "credential_type",
+    "access_key_id",
+    "role_arn",
+    "role_session_name",
+    "oidc_provider_arn",
+    "oidc_token_file_path",
+    "ecs_role_name",
+    "sts_endpoint",
+    "read_gateway",
+    "encryption_key_id",
+    "recovery_window_days",
+    "force_delete",
+    "decode_binary_secrets",
+    "naming",
+    "name_template",
+    "tag_repository",
+    "tag_type",
+    "connect_timeout",
+    "read_timeout",
+    "max_attempts",
+    "backoff_initial",
+    "backoff_max",
+    "retry_deadline",
+    "cache_ttl",
+    "cache_max_stale",
+    "stale_refresh_interval",
+    "negative_cache_ttl",
+    "cache_max_entries",
+    "list_page_size",
+    "max_list_pages",
+    "max_resource_bytes",
+    "insecure_skip_tls_verify",
+    "insecure_shared_gateway_http",
+)
+_ALIYUN_SECRETS: Final = ("client_key", "password", "access_key_secret", "security_token")
+_ALIYUN_KEYS: Final = frozenset((*_ALIYUN_PASSTHROUGH, *_ALIYUN_SECRETS, "cert_pem", "endpoint"))
+_ALIYUN_INSECURE: Final = ("insecure_skip_tls_verify", "insecure_shared_gateway_http")
+
+
+def _is_aliyun(data: Any) -> bool:
+    """Whether raw entry ``data`` selects the Aliyun backend (before normalisation)."""
+    if not isinstance(data, dict):
+        return False
+    kind = data.get("storage_backend_type", data.get("type"))
+    return isinstance(kind, str) and kind.lower() == "aliyun"
+
+
+def _bare_endpoint(value: str) -> str:
+    """``host[:port]`` from the fork's ``endpoint``, which may carry ``https://``."""
+    if value.startswith("http://"):
+        raise ValueError("endpoint: the kms gateways are reached over https; give host[:port]")
+    return value.removeprefix("https://").rstrip("/")
+
+
 _RESOURCE_BACKEND_TYPES: Final = {
     "kvstorage": "kvstorage",
     "localfs": "LocalFs",
@@ -457,24 +560,82 @@ _RESOURCE_BACKEND_TYPES: Final = {
 }
 
 
-class ResourcePluginSettings(_Section):
-    """``[[plugins]] name = "resource"``: where resources come from.
+class ResourceBackendSettings(_Section):
+    """The keys that choose and configure one resource backend.
 
-    ``storage_backend_type`` (``type`` before v0.20): ``kvstorage`` (the
-    ``[storage_backend]`` store), ``LocalFs`` (legacy: real directories under
-    ``dir_path``), or ``Aliyun`` (KMS).
+    Shared by the ``[[plugins]] name = "resource"`` entry (Trustee's keys) and by each of
+    its ``[[plugins.mounts]]`` (ours). ``storage_backend_type`` (``type`` before v0.20):
+    ``kvstorage`` (the ``[storage_backend]`` store), ``LocalFs`` (real directories under
+    ``dir_path``) or ``Aliyun`` (Alibaba Cloud KMS, keys below and in
+    ``docs/backends/aliyun-kms.md``).
+
+    Aliyun keys, in three groups. Trustee's: ``client_key``, ``password``, ``cert_pem``
+    (contents, not paths) and ``kms_instance_id``. The ``openanolis/trustee`` fork's:
+    ``access_key_id``, ``access_key_secret``, ``region_id``, ``endpoint`` (the instance
+    gateway's when a client key is configured, else the shared gateway's) and
+    ``insecure_skip_tls_verify``, plus its ``KBS_RESOURCE_STORAGE_ALIYUN_*`` environment
+    overrides. Ours: every other field of
+    :class:`~storage_backends.aliyun_kms.AliyunKmsSettings`, under the same name. Empty
+    strings count as unset (Helm charts render absent values as ``""``).
     """
 
-    name: Literal["resource"]
     storage_backend_type: Literal["kvstorage", "LocalFs", "Aliyun"] = Field(
         default="kvstorage", validation_alias=AliasChoices("storage_backend_type", "type")
     )
     dir_path: Path = Path("/opt/confidential-containers/kbs/repository")
-    #: Aliyun KMS (Trustee keys: contents, not paths).
+
+    # ---- Aliyun KMS, Trustee's keys (contents, not paths) --------------------------------
     client_key: SecretStr | None = None
     kms_instance_id: str | None = None
     password: SecretStr | None = None
     cert_pem: str | None = None
+    # ---- Aliyun KMS, the openanolis/trustee fork's keys ----------------------------------
+    access_key_id: str | None = None
+    access_key_secret: SecretStr | None = None
+    region_id: str | None = None
+    endpoint: str | None = None
+    insecure_skip_tls_verify: bool | None = None
+    # ---- Aliyun KMS, ours (AliyunKmsSettings; None = its default) ------------------------
+    client_key_path: Path | None = None
+    password_path: Path | None = None
+    cert_pem_path: Path | None = None
+    instance_endpoint: str | None = None
+    shared_endpoint: str | None = None
+    shared_network: Literal["public", "vpc"] | None = None
+    shared_ca_path: Path | None = None
+    signature_algorithm: SignatureAlgorithm | None = None
+    credential_type: CredentialType | None = None
+    security_token: SecretStr | None = None
+    role_arn: str | None = None
+    role_session_name: str | None = None
+    oidc_provider_arn: str | None = None
+    oidc_token_file_path: Path | None = None
+    ecs_role_name: str | None = None
+    sts_endpoint: str | None = None
+    read_gateway: ReadGateway | None = None
+    encryption_key_id: str | None = None
+    recovery_window_days: int | None = None
+    force_delete: bool | None = None
+    decode_binary_secrets: bool | None = None
+    naming: NamingMode | None = None
+    name_template: str | None = None
+    tag_repository: str | None = None
+    tag_type: str | None = None
+    connect_timeout: float | None = None
+    read_timeout: float | None = None
+    max_attempts: int | None = None
+    backoff_initial: float | None = None
+    backoff_max: float | None = None
+    retry_deadline: float | None = None
+    cache_ttl: float | None = None
+    cache_max_stale: float | None = None
+    stale_refresh_interval: float | None = None
+    negative_cache_ttl: float | None = None
+    cache_max_entries: int | None = None
+    list_page_size: int | None = None
+    max_list_pages: int | None = None
+    max_resource_bytes: int | None = None
+    insecure_shared_gateway_http: bool | None = None
 
     @field_validator("storage_backend_type", mode="before")
     @classmethod
@@ -484,6 +645,166 @@ class ResourcePluginSettings(_Section):
             if canonical is None:
                 raise ValueError(f"resource storage backend {value!r} is not supported")
             return canonical
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _aliyun_environment(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = {
+            key: (None if key in _ALIYUN_KEYS and value == "" else value)
+            for key, value in data.items()
+        }
+        if not _is_aliyun(data):
+            return data
+        # The fork's overrides win over the file; its ALIYUN_KMS_* variables only fill gaps.
+        for key in _ALIYUN_ENV_OVERRIDES:
+            value = os.environ.get(ALIYUN_ENV_PREFIX + key.upper())
+            if value:
+                data[key] = value
+        for key, variable in _ALIYUN_ENV_FALLBACKS.items():
+            value = os.environ.get(variable)
+            if value and data.get(key) is None:
+                data[key] = value
+        return data
+
+    @model_validator(mode="after")
+    def _check_aliyun(self) -> Self:
+        if self.storage_backend_type == "Aliyun":
+            self.aliyun_kms_settings()  # shape and range checks, no I/O
+            return self
+        stray = sorted(k for k in _ALIYUN_KEYS if getattr(self, k) not in (None, False))
+        if stray:
+            raise ValueError(
+                f'{", ".join(stray)}: Aliyun KMS keys need storage_backend_type = "Aliyun"'
+            )
+        return self
+
+    def _aliyun_mount_defaults(self) -> dict[str, Any]:
+        """Settings implied by where the backend is mounted (see the mount entry)."""
+        return {}
+
+    def aliyun_kms_settings(self) -> AliyunKmsSettings:
+        """The Aliyun KMS backend settings these keys describe.
+
+        Raises:
+            AliyunKmsConfigError: the keys are incomplete, conflicting or out of range
+                (a ``ValueError``; the message names keys, never values).
+        """
+        values: dict[str, Any] = {
+            name: getattr(self, name)
+            for name in _ALIYUN_PASSTHROUGH
+            if getattr(self, name) is not None
+        }
+        for name in _ALIYUN_SECRETS:
+            secret = getattr(self, name)
+            if secret is not None:
+                values[name] = secret.get_secret_value()
+        instance = bool(self.kms_instance_id) and (
+            self.client_key is not None or self.client_key_path is not None
+        )
+        if self.cert_pem is not None:
+            if not instance:
+                raise AliyunKmsConfigError(
+                    "cert_pem is the kms instance CA and needs the instance gateway "
+                    "(kms_instance_id, client_key, password); for a private shared "
+                    "gateway's CA use shared_ca_path"
+                )
+            values["cert_pem"] = self.cert_pem
+        if self.endpoint is not None:
+            # The fork's one endpoint is the instance gateway's in client-key mode, else
+            # the shared gateway's.
+            target = "instance_endpoint" if instance else "shared_endpoint"
+            if getattr(self, target) is not None:
+                raise AliyunKmsConfigError(
+                    f"set endpoint (the openanolis/trustee key) or {target}, not both"
+                )
+            values[target] = _bare_endpoint(self.endpoint)
+        values.update(self._aliyun_mount_defaults())
+        return AliyunKmsSettings(**values)
+
+    def aliyun_insecure_settings(self) -> list[str]:
+        """Names of the Aliyun security-weakening switches that are on."""
+        if self.storage_backend_type != "Aliyun":
+            return []
+        return [name for name in _ALIYUN_INSECURE if getattr(self, name)]
+
+
+class ResourceMountSettings(ResourceBackendSettings):
+    """``[[plugins.mounts]]`` (ours): one more backend, for one ``<repository>/<type>``.
+
+    ``path = "default/aliyun"`` sends ``default/aliyun/<tag>`` to this backend; ``*``
+    matches any repository or type (``"*/aliyun"``, ``"default/*"``). Mounts are tried
+    in order before the plugin's own backend, which takes everything else. An Aliyun
+    mount in ``tag`` naming mode writes and lists under its own path.
+    """
+
+    path: str
+    storage_backend_type: Literal["kvstorage", "LocalFs", "Aliyun"] = Field(
+        validation_alias=AliasChoices("storage_backend_type", "type")
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _check_path(cls, value: str) -> str:
+        parts = value.split("/")
+        if len(parts) != 2 or not all(  # noqa: PLR2004 - <repository>/<type>
+            part == "*" or _SEGMENT.fullmatch(part) for part in parts
+        ):
+            raise ValueError(f"mount path {value!r} must be <repository>/<type> ('*' matches any)")
+        if parts == ["*", "*"]:
+            raise ValueError("mount path */* is the plugin's own backend; mount something narrower")
+        return value
+
+    @property
+    def repository(self) -> str | None:
+        """The repository this mount takes, ``None`` for any."""
+        part = self.path.split("/")[0]
+        return None if part == "*" else part
+
+    @property
+    def resource_type(self) -> str | None:
+        """The resource type this mount takes, ``None`` for any."""
+        part = self.path.split("/")[1]
+        return None if part == "*" else part
+
+    def _aliyun_mount_defaults(self) -> dict[str, Any]:
+        # In tag naming mode, writes and list() live under (tag_repository, tag_type);
+        # default them to the mount path and refuse values the mount never routes here.
+        implied: dict[str, Any] = {}
+        for key, part in (("tag_repository", self.repository), ("tag_type", self.resource_type)):
+            given = getattr(self, key)
+            if part is None:
+                continue
+            if given is None:
+                implied[key] = part
+            elif given != part:
+                raise AliyunKmsConfigError(
+                    f"{key} must match the mount path {self.path} (or be left out)"
+                )
+        return implied
+
+
+class ResourcePluginSettings(ResourceBackendSettings):
+    """``[[plugins]] name = "resource"``: where resources come from.
+
+    The entry's own backend keys (``storage_backend_type`` and the rest, see
+    :class:`ResourceBackendSettings`) choose the default backend; ``mounts`` (ours) put
+    other backends in front of it for chosen ``<repository>/<type>`` paths.
+    """
+
+    name: Literal["resource"]
+    #: Ours: other backends for chosen paths, tried in order before the default.
+    mounts: list[ResourceMountSettings] = Field(default_factory=list)
+
+    @field_validator("mounts")
+    @classmethod
+    def _unique_mounts(cls, value: list[ResourceMountSettings]) -> list[ResourceMountSettings]:
+        paths = [mount.path for mount in value]
+        duplicated = sorted({path for path in paths if paths.count(path) > 1})
+        if duplicated:
+            raise ValueError(f"mount path {', '.join(duplicated)} is given more than once")
         return value
 
 
@@ -505,6 +826,9 @@ class KbsSettings(BaseSettings):
         env_prefix="KBS_",
         env_nested_delimiter="__",
         populate_by_name=True,
+        # Errors must not quote the input (it holds passwords and keys): the chained
+        # ValidationError of a ConfigError ends up in tracebacks.
+        hide_input_in_errors=True,
     )
 
     #: ``production`` refuses our ``insecure_*`` settings; ``development`` allows them.
@@ -547,7 +871,26 @@ class KbsSettings(BaseSettings):
             )
         if len([p for p in self.plugins if p.name == "resource"]) > 1:
             raise ValueError("only one resource plugin may be configured")
+        if self.environment == "production":
+            for where, names in self._aliyun_insecure():
+                raise ValueError(
+                    f'{where}: {", ".join(names)} is refused when environment = "production"'
+                )
         return self
+
+    def _aliyun_insecure(self) -> list[tuple[str, list[str]]]:
+        """``(where, switches)`` for each Aliyun backend with an insecure switch on."""
+        plugin = self.resource_plugin
+        if plugin is None:
+            return []
+        entries: list[tuple[str, ResourceBackendSettings]] = [("plugins.resource", plugin)]
+        entries += [(f"plugins.resource.mounts[{m.path}]", m) for m in plugin.mounts]
+        found = []
+        for where, entry in entries:
+            names = entry.aliyun_insecure_settings()
+            if names:
+                found.append((where, names))
+        return found
 
     @classmethod
     def settings_customise_sources(
@@ -598,6 +941,7 @@ class KbsSettings(BaseSettings):
             or admin.insecure_api
         ):
             found.append("admin: every admin request is allowed")
+        found += [f"{where}.{name}" for where, names in self._aliyun_insecure() for name in names]
         return found
 
 

@@ -57,11 +57,12 @@ _CALL_TIMEOUT_MARGIN: Final = 1.0
 _T = TypeVar("_T")
 
 #: Third-party loggers that can print request URLs or headers at DEBUG level: urllib3 logs
-#: every URL (with the v2 signature, the query carries ``SecurityToken``), and the SDK core
-#: logs all headers when ``DEBUG=sdk`` is set.
+#: every URL (with the v2 signature, the query carries ``SecurityToken``; the RRSA provider's
+#: STS ``AssumeRoleWithOIDC`` call carries the pod's ``OIDCToken``), and the SDK core logs
+#: all headers when ``DEBUG=sdk`` is set.
 _REDACTED_LOGGERS: Final = ("urllib3.connectionpool", "darabonba-core")
 _REDACTIONS: Final = (
-    (re.compile(r"(SecurityToken|Signature)=[^&\s\"']*"), r"\1=<redacted>"),
+    (re.compile(r"(SecurityToken|Signature|OIDCToken)=[^&\s\"']*"), r"\1=<redacted>"),
     (
         re.compile(r"(x-acs-security-token|authorization)(\s*:\s*)[^\n]*", re.IGNORECASE),
         r"\1\2<redacted>",

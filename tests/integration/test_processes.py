@@ -252,3 +252,16 @@ def test_attestation_service_and_kbs_in_separate_processes(tmp_path: Path) -> No
             )
             assert resource.status_code == 200, resource.text
             assert key.decrypt(resource.json()) == b"across processes"
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_kbs_serve_exits_non_zero_when_start_up_fails(tmp_path: Path, workers: str) -> None:
+    # The configuration is valid but the database cannot be reached: the app's start-up
+    # (not the configuration check) fails, in every worker.
+    config = tmp_path / "kbs.toml"
+    config.write_text(
+        '[database]\nurl = "postgresql://postgres@127.0.0.1:1/none"\ntimeout_s = 2\n'
+        "[http_server]\ninsecure_http = true\n"
+    )
+    result = run_cli("kbs", "serve", "--config", str(config), "--workers", workers)
+    assert result.returncode == 3, result.stderr

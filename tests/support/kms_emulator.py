@@ -35,6 +35,11 @@ instance API for secrets.
 The statuses for a missing secret (404) and for reading a secret scheduled for deletion
 (409) are assumptions (research notes section 7); clients must decide on the error code.
 
+STS (``AssumeRoleWithOIDC``, API ``2015-04-01``, as the ACK RRSA credential provider calls
+it): an unsigned request whose ``RoleArn``, ``OIDCProviderArn`` and ``OIDCToken`` match a
+role registered with :meth:`KmsEmulator.add_oidc_role` gets fresh STS credentials, which
+the shared gateway then accepts (400 ``AuthenticationFail.OIDCToken.Invalid`` otherwise).
+
 Secrets are stored with versions and stages (``ACSCurrent``/``ACSPrevious``). Operations:
 GetSecretValue, CreateSecret, PutSecretValue, DeleteSecret (``RecoveryWindowInDays`` /
 ``ForceDeleteWithoutRecovery``), RestoreSecret, ListSecrets (paging, ``SecretName`` and
@@ -75,6 +80,7 @@ __all__ = ["KmsEmulator", "RecordedRequest"]
 
 MAX_SKEW = dt.timedelta(minutes=15)
 SHARED_API_VERSION = "2016-01-20"
+STS_API_VERSION = "2015-04-01"
 INSTANCE_API_VERSION = "dkms-gcs-0.2"
 _INSTANCE_API_NAMES = {
     "Encrypt",
@@ -233,6 +239,8 @@ class KmsEmulator:
         self._lock = threading.RLock()
         self._access_keys: dict[str, tuple[str, str | None]] = {}
         self._client_keys: dict[str, rsa.RSAPublicKey] = {}
+        self._oidc_roles: dict[tuple[str, str], str] = {}
+        self.issued_sts: list[tuple[str, str, str]] = []
         self._secrets: dict[str, _Secret] = {}
         self._nonces: set[str] = set()
         self._faults: list[_Fault] = []
@@ -289,6 +297,11 @@ class KmsEmulator:
         """Accept requests signed with this AccessKey (an STS key when a token is given)."""
         with self._lock:
             self._access_keys[access_key_id] = (secret, security_token)
+
+    def add_oidc_role(self, role_arn: str, oidc_provider_arn: str, oidc_token: str) -> None:
+        """Let ``AssumeRoleWithOIDC`` with this role, provider and token issue STS keys."""
+        with self._lock:
+            self._oidc_roles[(role_arn, oidc_provider_arn)] = oidc_token
 
     def add_client_key(self, key_id: str, public_key: rsa.RSAPublicKey) -> None:
         """Accept instance-gateway requests signed by this AAP client key."""
@@ -490,14 +503,12 @@ class KmsEmulator:
             signature = "v2"
 
         def verify_and_run() -> dict[str, Any]:
-            if signature == "ACS3-HMAC-SHA256":
-                self._verify_acs3(handler, split.path or "/", query, body, authorization)
-                version = handler.headers.get("x-acs-version")
-            elif signature == "v2":
-                self._verify_rpc_v2(handler.command, query, form)
-                version = query.get("Version")
-            else:
-                raise _Reject(400, "IncompleteSignature", "The request signature is missing.")
+            if query.get("Action") == "AssumeRoleWithOIDC":
+                # STS: anonymous; the OIDC token is the credential.
+                return self._assume_role_with_oidc(query, request_id)
+            version = self._verify_shared_signature(
+                handler, signature, path=split.path or "/", query=query, form=form, body=body
+            )
             if version != SHARED_API_VERSION:
                 raise _Reject(400, "InvalidVersion", "Specified parameter Version is not valid.")
             self._raise_fault("shared", action)
@@ -527,6 +538,56 @@ class KmsEmulator:
         result["RequestId"] = request_id
         headers = {"content-type": "application/json;charset=utf-8"}
         return 200, headers, json.dumps(result).encode(), action, None, signature
+
+    def _verify_shared_signature(
+        self,
+        handler: _Handler,
+        signature: str | None,
+        *,
+        path: str,
+        query: Mapping[str, str],
+        form: Mapping[str, str],
+        body: bytes,
+    ) -> str | None:
+        """Check the request signature; return the API version the request names."""
+        if signature == "ACS3-HMAC-SHA256":
+            authorization = handler.headers.get("authorization") or ""
+            self._verify_acs3(handler, path, query, body, authorization)
+            return handler.headers.get("x-acs-version")
+        if signature == "v2":
+            self._verify_rpc_v2(handler.command, query, form)
+            return query.get("Version")
+        raise _Reject(400, "IncompleteSignature", "The request signature is missing.")
+
+    def _assume_role_with_oidc(self, query: Mapping[str, str], request_id: str) -> dict[str, Any]:
+        if query.get("Version") != STS_API_VERSION:
+            raise _Reject(400, "InvalidVersion", "Specified parameter Version is not valid.")
+        self._check_time(_parse_iso(query.get("Timestamp") or ""), 400, "InvalidTimeStamp.Expired")
+        key = (query.get("RoleArn") or "", query.get("OIDCProviderArn") or "")
+        with self._lock:
+            expected = self._oidc_roles.get(key)
+            if expected is None or not hmac.compare_digest(expected, query.get("OIDCToken") or ""):
+                raise _Reject(
+                    400, "AuthenticationFail.OIDCToken.Invalid", "The OIDC token is invalid."
+                )
+            serial = hashlib.sha256(f"{request_id}{key}".encode()).hexdigest()[:16]
+            access_key_id = f"STS.emu-oidc-{serial}"
+            secret = f"emu-oidc-secret-{serial}"
+            token = f"CAISemuOidcToken{serial}"
+            self._access_keys[access_key_id] = (secret, token)
+            self.issued_sts.append((access_key_id, secret, token))
+        return {
+            "AssumedRoleUser": {
+                "Arn": f"{key[0]}/{query.get('RoleSessionName', '')}",
+                "AssumedRoleId": f"3{serial}:{query.get('RoleSessionName', '')}",
+            },
+            "Credentials": {
+                "AccessKeyId": access_key_id,
+                "AccessKeySecret": secret,
+                "SecurityToken": token,
+                "Expiration": _iso(self._now() + dt.timedelta(hours=1)),
+            },
+        }
 
     def _signing_secret(self, access_key_id: str | None) -> tuple[str, str | None]:
         with self._lock:

@@ -154,6 +154,35 @@ async def test_v2_sts_token_never_reaches_logs(emulator, settings, make_backend,
     assert STS_ACCESS_KEY_SECRET not in caplog.text
 
 
+@pytest.mark.parametrize(
+    "query",
+    [
+        "SecurityToken=CAIS-secret-token",
+        "Signature=c2VjcmV0LXNpZ25hdHVyZQ%3D%3D",
+        "OIDCToken=eyJhbGciOi.secret-oidc.sig",  # the RRSA provider's AssumeRoleWithOIDC
+    ],
+)
+def test_third_party_url_logs_are_redacted(caplog, query):
+    from storage_backends.aliyun_kms.shared import _install_log_redaction  # noqa: PLC0415
+
+    _install_log_redaction()
+    with caplog.at_level(logging.DEBUG, logger="urllib3.connectionpool"):
+        logging.getLogger("urllib3.connectionpool").debug(
+            '%s://%s:%s "%s %s %s" %s %s',
+            "https",
+            "sts.aliyuncs.com",
+            443,
+            "GET",
+            f"/?Action=X&{query}&Timestamp=2026",
+            "HTTP/1.1",
+            200,
+            100,
+        )
+    name, _, value = query.partition("=")
+    assert f"{name}=<redacted>&Timestamp=2026" in caplog.text
+    assert value not in caplog.text
+
+
 # ---------------------------------------------------------------- writes
 
 
