@@ -40,6 +40,7 @@ from kbs.errors import (
     PluginNotFoundError,
     describe,
 )
+from kbs.prefix import PathPrefixMiddleware
 from kbs.resources import build_resource_router
 from kbs.routes import admin, attest, auth, resource, wellknown
 from kbs.sessions import SessionStore
@@ -123,6 +124,11 @@ def create_app(
     for exc_type in (KbsError, AttestationError, PolicyError, StorageError):
         app.add_exception_handler(exc_type, _error_handler)
     app.add_middleware(_CatchAllMiddleware)
+    prefix = settings.http_server.path_prefix
+    if prefix is not None:
+        # Outermost, so the prefix is gone before anything else sees the path.
+        app.add_middleware(PathPrefixMiddleware, prefix=prefix)
+        _logger.info("serving under %s as well as at /", prefix)
     return app
 
 
