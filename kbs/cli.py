@@ -212,6 +212,22 @@ def _admin_keygen(args: argparse.Namespace) -> int:
     return 0
 
 
+def _healthcheck(args: argparse.Namespace) -> int:
+    """Exit 0 when ``args.url`` answers 200 (container HEALTHCHECK; no curl in the image)."""
+    import httpx  # noqa: PLC0415
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per probe is noise
+    try:
+        response = httpx.get(args.url, timeout=args.timeout, verify=not args.insecure)
+    except httpx.HTTPError as exc:
+        print(f"kbs healthcheck: {args.url}: {type(exc).__name__}", file=sys.stderr)
+        return 1
+    if response.status_code != 200:  # noqa: PLR2004
+        print(f"kbs healthcheck: {args.url}: HTTP {response.status_code}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``kbs`` argument parser."""
     parser = argparse.ArgumentParser(
@@ -253,6 +269,18 @@ def build_parser() -> argparse.ArgumentParser:
     keygen.add_argument("--token-minutes", type=int, default=60, help="token lifetime")
     keygen.add_argument("--force", action="store_true", help="overwrite existing keys")
     keygen.set_defaults(func=_admin_keygen)
+
+    health = sub.add_parser(
+        "healthcheck", help="exit 0 if the server answers (for container health checks)"
+    )
+    health.add_argument(
+        "--url", default="http://127.0.0.1:8080/healthz", help="URL to GET (default: %(default)s)"
+    )
+    health.add_argument("--timeout", type=float, default=3.0, help="seconds")
+    health.add_argument(
+        "--insecure", action="store_true", help="do not verify the TLS certificate (self-signed)"
+    )
+    health.set_defaults(func=_healthcheck)
     return parser
 
 
