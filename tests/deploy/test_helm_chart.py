@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import itertools
 import os
 import re
+import shlex
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -458,7 +460,11 @@ def test_database_url_from_the_environment_reaches_the_settings(
         (
             {
                 "database": {"existingSecret": "db"},
-                "kbs": {"resourceRepository": [{"repoName": "a", "type": "b", "secretName": "c"}]},
+                "kbs": {
+                    "resourceRepository": [
+                        {"repoName": "a", "type": "b", "secretName": "c", "keys": ["k"]}
+                    ]
+                },
             },
             "resourceRepository",
         ),
@@ -701,15 +707,17 @@ def test_admin_key_and_signer_and_tls_mounts() -> None:
     assert "kbs admin-keygen" in closed.notes
 
 
-def test_seed_resource_repository_secrets_are_mounted_into_the_file_repository() -> None:
+def test_seed_resource_repository_secrets_are_mounted_as_files() -> None:
     rendered = render(scenario_values(CHART / "scenarios/file-single-replica.yaml"))
     mounts = {m["mountPath"]: m for m in rendered.container()["volumeMounts"]}
-    assert mounts["/var/lib/trustee/repository/cai/sample"]["readOnly"] is True
+    mount = mounts["/var/lib/trustee/repository/cai/sample/password"]
+    # One key, one file: no symlinks for the file backend to refuse.
+    assert mount["subPath"] == "password"
+    assert mount["readOnly"] is True
     volumes = {v["name"]: v for v in rendered.pod["volumes"]}
-    assert (
-        volumes[mounts["/var/lib/trustee/repository/cai/sample"]["name"]]["secret"]["secretName"]
-        == "sample-keys"
-    )
+    assert volumes[mount["name"]]["secret"]["secretName"] == "sample-keys"
+    with pytest.raises(helm.HelmError, match="keys"):
+        render({"kbs": {"resourceRepository": [{"repoName": "a", "type": "b", "secretName": "c"}]}})
 
 
 def test_config_changes_roll_the_pods() -> None:
@@ -726,3 +734,34 @@ def test_render_is_deterministic_for_upgrades() -> None:
     """No random values (the openanolis chart's rollme annotation restarted every pod on
     every upgrade)."""
     assert render({}).docs == render({}).docs
+
+
+def test_install_command_in_docs_renders(seed_files: dict[str, Any]) -> None:
+    """docs/deploy.md's helm install command, its placeholders filled in."""
+    text = (ROOT / "docs/deploy.md").read_text()
+    [block] = [b for b in re.findall(r"```sh\n(.*?)```", text, re.DOTALL) if "helm install" in b]
+    argv = shlex.split(block.replace("\\\n", " "))
+    assert argv[:4] == ["helm", "install", "trustee", "deploy/helm/trustee"]
+    fill = {  # file names before the bare instance id they contain
+        "clientKey_….json": str(seed_files["client_key"]),
+        "clientKey_…_Password.txt": str(seed_files["password"]),
+        "PrivateKmsCA_kst-….pem": str(seed_files["cert"]),
+        "kst-…": seed_files["kst"],
+        "<namespace>": "example",
+    }
+    sets, set_files = [], []
+    for flag, raw in itertools.pairwise(argv):
+        value = raw
+        for placeholder, real in fill.items():
+            value = value.replace(placeholder, real)
+        if flag == "--set":
+            sets.append(value)
+        elif flag == "--set-file":
+            set_files.append(value)
+    assert len(sets) == 4
+    assert len(set_files) == 3
+    rendered = render(helm_cli_values(sets, set_files))
+    assert rendered.config["plugins"][0]["storage_backend_type"] == "Aliyun"
+    assert rendered.container()["image"].startswith(
+        "registry.cn-hangzhou.aliyuncs.com/example/confidential-kbs:"
+    )

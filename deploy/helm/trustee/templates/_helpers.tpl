@@ -175,6 +175,11 @@ Deployment, so `helm install`/`helm template` stop before anything is created.
 {{- fail "the KMS shared gateway (AccessKey or RRSA) needs regionId (or kbs.aliyunKms.regionId)" -}}
 {{- end -}}
 {{- end -}}
+{{- range .Values.kbs.resourceRepository -}}
+{{- if not .keys -}}
+{{- fail (printf "kbs.resourceRepository entry %s/%s needs keys: the Secret's keys to serve (each is mounted as one file; a whole Secret volume is made of symlinks, which the file backend never follows)" .repoName .type) -}}
+{{- end -}}
+{{- end -}}
 {{- if and .Values.kbs.resourceRepository (ne (include "trustee.resourceBackend" .) "files") -}}
 {{- fail "kbs.resourceRepository mounts Secrets into the file repository, which is used only without KMS and without PostgreSQL" -}}
 {{- end -}}
