@@ -28,6 +28,7 @@ from attestation.errors import AttestationError
 from attestation.registry import VerifierRegistry
 from attestation.sample import SampleDeviceVerifier, SampleVerifier
 from kbs import __version__, db
+from kbs import metrics as metrics_routes
 from kbs.admin_auth import build_admin_authorizer
 from kbs.appraisal import AttestationService
 from kbs.clock import Clock, SystemClock
@@ -40,6 +41,7 @@ from kbs.errors import (
     PluginNotFoundError,
     describe,
 )
+from kbs.metrics import Metrics, MetricsMiddleware
 from kbs.prefix import PathPrefixMiddleware
 from kbs.resources import build_resource_router
 from kbs.routes import admin, attest, auth, resource, wellknown
@@ -120,10 +122,14 @@ def create_app(
     app.include_router(resource.router)
     app.include_router(admin.router)
     app.include_router(wellknown.router)
+    app.include_router(metrics_routes.router)
     _add_fallback_routes(app)
     for exc_type in (KbsError, AttestationError, PolicyError, StorageError):
         app.add_exception_handler(exc_type, _error_handler)
     app.add_middleware(_CatchAllMiddleware)
+    # Outside the catch-all, so answers it turns into 500s are counted too.
+    app.state.metrics = Metrics()
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     prefix = settings.http_server.path_prefix
     if prefix is not None:
         # Outermost, so the prefix is gone before anything else sees the path.

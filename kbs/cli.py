@@ -4,11 +4,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import logging
 import os
+import shutil
 import socket
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
 
@@ -25,6 +29,8 @@ __all__ = ["app_from_environment", "main"]
 DEV_PROFILE_ENV: Final = "KBS_SERVE_DEV_DATA_DIR"
 #: Set by ``kbs serve`` for its workers: the log level.
 LOG_LEVEL_ENV: Final = "KBS_LOG_LEVEL"
+#: kbs.metrics.MULTIPROC_DIR_ENV (not imported: it would load the web stack here).
+PROMETHEUS_MULTIPROC_DIR_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
 
 _LOG_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -149,10 +155,30 @@ def _serve(args: argparse.Namespace) -> int:
     )
     server = uvicorn.Server(config)
     if workers > 1:
-        Multiprocess(config, sockets=sockets).run()
+        with _metrics_dir():
+            Multiprocess(config, sockets=sockets).run()
     else:
         server.run(sockets=sockets)
     return 0
+
+
+@contextlib.contextmanager
+def _metrics_dir() -> Iterator[None]:
+    """Give the workers a fresh PROMETHEUS_MULTIPROC_DIR, removed afterwards.
+
+    So /metrics adds up every worker's values (kbs/metrics.py). A directory already given
+    in the environment is used as it is.
+    """
+    if os.environ.get(PROMETHEUS_MULTIPROC_DIR_ENV):
+        yield
+        return
+    path = tempfile.mkdtemp(prefix="kbs-metrics-")
+    os.environ[PROMETHEUS_MULTIPROC_DIR_ENV] = path
+    try:
+        yield
+    finally:
+        del os.environ[PROMETHEUS_MULTIPROC_DIR_ENV]
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _migrate(args: argparse.Namespace) -> int:
