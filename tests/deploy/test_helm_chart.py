@@ -156,9 +156,27 @@ def test_every_manifest_validates_against_the_kubernetes_schema(
     rendered = render(values)
     assert rendered.docs
     for doc in rendered.docs:
+        if doc["apiVersion"] in CUSTOM_RESOURCES:
+            CUSTOM_RESOURCES[doc["apiVersion"]](doc)
+            continue
         # Raises ValidationError (unknown field, wrong type) or SchemaNotFoundError (a
         # kind or apiVersion this Kubernetes version does not have).
         kubernetes_validate.validate(doc, kube_version, strict=True)
+
+
+def _check_service_monitor(doc: dict[str, Any]) -> None:
+    """The fields of monitoring.coreos.com/v1 ServiceMonitor we use (kubernetes-validate
+    has the built-in APIs only)."""
+    assert doc["kind"] == "ServiceMonitor"
+    assert set(doc["spec"]) == {"selector", "namespaceSelector", "endpoints"}
+    [endpoint] = doc["spec"]["endpoints"]
+    assert endpoint["port"] == "http"
+    assert endpoint["path"] == "/metrics"
+    assert set(endpoint) <= {"port", "path", "interval", "scrapeTimeout", "scheme", "tlsConfig"}
+
+
+#: Custom resources the chart can render, checked by hand.
+CUSTOM_RESOURCES = {"monitoring.coreos.com/v1": _check_service_monitor}
 
 
 def _config_for_load_settings(config: dict[str, Any]) -> tuple[dict[str, Any], set[str]]:
@@ -499,6 +517,18 @@ def test_autoscaling_with_postgresql() -> None:
     assert hpa["spec"]["scaleTargetRef"]["name"] == RELEASE
     assert "replicas" not in rendered.one("Deployment")["spec"]
     assert rendered.one("PodDisruptionBudget")
+
+
+def test_service_monitor_selects_the_service_port() -> None:
+    rendered = render(scenario_values(CHART / "scenarios/postgresql-ha.yaml"))
+    monitor = rendered.one("ServiceMonitor")
+    service = rendered.one("Service")
+    assert (
+        monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    )
+    assert [p["name"] for p in service["spec"]["ports"]] == ["http"]
+    assert monitor["metadata"]["labels"]["release"] == "prometheus"
+    assert render({}).of_kind("ServiceMonitor") == []
 
 
 def test_network_policy_allows_dns_when_egress_is_restricted() -> None:
