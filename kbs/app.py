@@ -28,6 +28,7 @@ from attestation.errors import AttestationError
 from attestation.registry import VerifierRegistry
 from attestation.sample import SampleDeviceVerifier, SampleVerifier
 from kbs import __version__, db
+from kbs import metrics as metrics_routes
 from kbs.admin_auth import build_admin_authorizer
 from kbs.appraisal import AttestationService
 from kbs.clock import Clock, SystemClock
@@ -41,6 +42,8 @@ from kbs.errors import (
     RateLimitedError,
     describe,
 )
+from kbs.metrics import Metrics, MetricsMiddleware
+from kbs.prefix import PathPrefixMiddleware
 from kbs.ratelimit import RateLimiter
 from kbs.resources import build_resource_router
 from kbs.routes import admin, attest, auth, resource, restful_as, wellknown
@@ -145,6 +148,14 @@ def create_app(
     if "as" in apis:
         app.add_middleware(restful_as.CollapseSlashesMiddleware)
     app.add_middleware(_CatchAllMiddleware)
+    # Outside the catch-all, so answers it turns into 500s are counted too.
+    app.state.metrics = Metrics()
+    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    prefix = settings.http_server.path_prefix
+    if prefix is not None:
+        # Outermost, so the prefix is gone before anything else sees the path.
+        app.add_middleware(PathPrefixMiddleware, prefix=prefix)
+        _logger.info("serving under %s as well as at /", prefix)
     return app
 
 
@@ -155,6 +166,7 @@ def _mount_routes(app: FastAPI, apis: Collection[ApiName]) -> None:
         app.include_router(resource.router)
         app.include_router(admin.router)
     app.include_router(wellknown.router)
+    app.include_router(metrics_routes.router)
     if "kbs" in apis:
         _add_fallback_routes(app)
     if "as" in apis:

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import logging
 import os
+import shutil
 import socket
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -37,6 +41,8 @@ _API_CHOICES: Final[dict[str, tuple[ApiName, ...]]] = {
     "kbs": ("kbs",),
     "as": ("as",),
 }
+#: kbs.metrics.MULTIPROC_DIR_ENV (not imported: it would load the web stack here).
+PROMETHEUS_MULTIPROC_DIR_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
 
 _LOG_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -179,8 +185,9 @@ def _serve(args: argparse.Namespace) -> int:
     )
     server = uvicorn.Server(config)
     if workers > 1:
-        supervisor = Multiprocess(config, sockets=sockets)
-        supervisor.run()
+        with _metrics_dir():
+            supervisor = Multiprocess(config, sockets=sockets)
+            supervisor.run()
         # A worker whose start-up failed stops the supervisor, which then returns
         # normally; do not exit 0. (One worker: uvicorn itself exits with 3.)
         if any(process.exitcode == STARTUP_FAILURE for process in supervisor.processes):
@@ -188,6 +195,25 @@ def _serve(args: argparse.Namespace) -> int:
     else:
         server.run(sockets=sockets)
     return 0
+
+
+@contextlib.contextmanager
+def _metrics_dir() -> Iterator[None]:
+    """Give the workers a fresh PROMETHEUS_MULTIPROC_DIR, removed afterwards.
+
+    So /metrics adds up every worker's values (kbs/metrics.py). A directory already given
+    in the environment is used as it is.
+    """
+    if os.environ.get(PROMETHEUS_MULTIPROC_DIR_ENV):
+        yield
+        return
+    path = tempfile.mkdtemp(prefix="kbs-metrics-")
+    os.environ[PROMETHEUS_MULTIPROC_DIR_ENV] = path
+    try:
+        yield
+    finally:
+        del os.environ[PROMETHEUS_MULTIPROC_DIR_ENV]
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _migrate(args: argparse.Namespace) -> int:
@@ -247,6 +273,22 @@ def _admin_keygen(args: argparse.Namespace) -> int:
     return 0
 
 
+def _healthcheck(args: argparse.Namespace) -> int:
+    """Exit 0 when ``args.url`` answers 200 (container HEALTHCHECK; no curl in the image)."""
+    import httpx  # noqa: PLC0415
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per probe is noise
+    try:
+        response = httpx.get(args.url, timeout=args.timeout, verify=not args.insecure)
+    except httpx.HTTPError as exc:
+        print(f"kbs healthcheck: {args.url}: {type(exc).__name__}", file=sys.stderr)
+        return 1
+    if response.status_code != 200:  # noqa: PLR2004
+        print(f"kbs healthcheck: {args.url}: HTTP {response.status_code}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``kbs`` argument parser."""
     parser = argparse.ArgumentParser(
@@ -296,6 +338,18 @@ def build_parser() -> argparse.ArgumentParser:
     keygen.add_argument("--token-minutes", type=int, default=60, help="token lifetime")
     keygen.add_argument("--force", action="store_true", help="overwrite existing keys")
     keygen.set_defaults(func=_admin_keygen)
+
+    health = sub.add_parser(
+        "healthcheck", help="exit 0 if the server answers (for container health checks)"
+    )
+    health.add_argument(
+        "--url", default="http://127.0.0.1:8080/healthz", help="URL to GET (default: %(default)s)"
+    )
+    health.add_argument("--timeout", type=float, default=3.0, help="seconds")
+    health.add_argument(
+        "--insecure", action="store_true", help="do not verify the TLS certificate (self-signed)"
+    )
+    health.set_defaults(func=_healthcheck)
     return parser
 
 

@@ -124,6 +124,18 @@ class HttpServerSettings(_Section):
     tls_max_version: Literal["1.2", "1.3"] | None = None
     tls_ciphers: str | None = None
     tls_groups: str | None = None
+    #: Ours: also serve every route under this prefix (``/trustee`` makes
+    #: ``/trustee/kbs/v0/auth`` and ``/kbs/v0/auth`` one endpoint); see kbs/prefix.py.
+    path_prefix: str | None = None
+
+    @field_validator("path_prefix")
+    @classmethod
+    def _check_path_prefix(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from kbs.prefix import normalise_path_prefix  # noqa: PLC0415 - keep settings light
+
+        return normalise_path_prefix(value)
 
     @field_validator("sockets")
     @classmethod

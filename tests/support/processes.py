@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -80,3 +82,86 @@ def kbs_server(
                 proc.kill()
                 proc.wait()
         log.close()
+
+
+@dataclass
+class KbsProcess:
+    """One ``kbs serve`` process started by :func:`kbs_servers`."""
+
+    url: str
+    proc: subprocess.Popen[str]
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self) -> None:
+        """SIGKILL, as when a node or container dies: no graceful shutdown."""
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=15)
+
+
+def _wait_healthy(server: KbsProcess, deadline: float) -> None:
+    while True:
+        if server.proc.poll() is not None:
+            raise RuntimeError(f"kbs serve exited with {server.proc.returncode}:\n{server.log()}")
+        try:
+            if httpx.get(f"{server.url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"kbs serve did not become healthy in time:\n{server.log()}")
+        time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def kbs_servers(
+    count: int,
+    args: Sequence[str],
+    *,
+    cwd: Path,
+    env: dict[str, str] | None = None,
+    command: Sequence[str] | None = None,
+) -> Iterator[list[KbsProcess]]:
+    """Start ``count`` servers at the same instant, then wait until all are healthy.
+
+    Each runs ``python -m kbs serve <args> --listen 127.0.0.1:<port>`` (or ``command``
+    followed by ``--listen``) in its own process group, so :meth:`KbsProcess.kill` also
+    takes down uvicorn's worker processes.
+    """
+    servers: list[KbsProcess] = []
+    logs = []
+    try:
+        for _ in range(count):
+            port = free_port()
+            log_path = cwd / f"kbs-{port}.log"
+            log = log_path.open("w")
+            logs.append(log)
+            argv = [*(command or [sys.executable, "-m", "kbs", "serve"]), *args]
+            proc = subprocess.Popen(
+                [*argv, "--listen", f"127.0.0.1:{port}"],
+                cwd=cwd,
+                env={**os.environ, **(env or {})},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                text=True,
+                start_new_session=True,
+            )
+            servers.append(KbsProcess(f"http://127.0.0.1:{port}", proc, log_path))
+        deadline = time.monotonic() + START_TIMEOUT_S
+        for server in servers:
+            _wait_healthy(server, deadline)
+        yield servers
+    finally:
+        for server in servers:
+            if server.proc.poll() is None:
+                server.proc.terminate()
+        for server in servers:
+            try:
+                server.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(server.proc.pid, signal.SIGKILL)
+                server.proc.wait()
+        for log in logs:
+            log.close()
