@@ -23,7 +23,7 @@ import json
 import logging
 import string
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol
 from urllib.parse import unquote, urlsplit
@@ -174,7 +174,7 @@ class PccsFetcher:
         base_urls: Sequence[str] = DEFAULT_PCCS_URLS,
         root_ca_der: bytes | None = None,
         tcb_update_type: TcbUpdateType = "standard",
-        timeout: float = DEFAULT_TIMEOUT,
+        timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
     ) -> None:
         """Create a fetcher.
 
@@ -184,7 +184,8 @@ class PccsFetcher:
                 Intel's PCS).
             root_ca_der: trust anchor the collateral must chain to (Intel's by default).
             tcb_update_type: which TCB evaluation data set to request.
-            timeout: seconds allowed for each HTTP request.
+            timeout: seconds allowed for each step (connect, read, write) of each HTTP
+                request, or an ``httpx.Timeout`` with separate limits.
 
         Raises:
             ValueError: no base URL, or one that is not http(s).
@@ -198,7 +199,7 @@ class PccsFetcher:
         self._base_urls = tuple(base_urls)
         self._root_ca_der = intel_root_ca_der() if root_ca_der is None else root_ca_der
         self.tcb_update_type: TcbUpdateType = tcb_update_type
-        self._timeout = httpx.Timeout(timeout)
+        self._timeout = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
 
     @property
     def base_urls(self) -> tuple[str, ...]:
@@ -445,6 +446,30 @@ class CachingCollateralSource:
         if collateral is None:
             raise CollateralUnavailableError(f"no valid collateral for {key}")
         return collateral
+
+    async def preload(self, keys: Iterable[CollateralKey]) -> int:
+        """Load stored collateral for ``keys`` into memory, without asking the PCCS.
+
+        For start-up: :meth:`refresh_due` then keeps these platforms fresh before their
+        first quote arrives, and :meth:`status` reports them. Stored collateral is parsed
+        and signature-checked as on every load; keys of another TCB update type are
+        skipped. A store failure is logged and that key skipped.
+
+        Returns:
+            How many entries were loaded.
+        """
+        loaded = 0
+        for key in keys:
+            if key.tcb_update_type != self._update_type:
+                continue
+            stored = await self._load_stored(key)
+            if stored is None:
+                continue
+            entry = self._entry(key)
+            if self._newer(stored[0], entry):
+                entry.collateral, entry.fetched_at, entry.source_url = stored
+                loaded += 1
+        return loaded
 
     async def refresh_due(self, at: dt.datetime) -> RefreshReport:
         """Refresh every cached entry that is due (call this from a periodic task).
