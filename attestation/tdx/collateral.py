@@ -23,9 +23,9 @@ import json
 import logging
 import string
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Any, Final, Protocol, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import httpx
@@ -164,6 +164,21 @@ def _json_body(body: bytes, field: str) -> tuple[str, bytes]:
     return json.dumps(signed, separators=(",", ":"), ensure_ascii=False), signature
 
 
+_T = TypeVar("_T")
+
+
+async def _all_or_nothing(*calls: Coroutine[Any, Any, _T]) -> list[_T]:
+    """Await every call concurrently; on the first failure cancel (and await) the rest."""
+    tasks = [asyncio.ensure_future(call) for call in calls]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
 class PccsFetcher:
     """Fetches DCAP collateral from an ordered list of PCCS / Intel PCS base URLs."""
 
@@ -273,8 +288,9 @@ class PccsFetcher:
         root = _pccs_root(base)
         is_intel_pcs = urlsplit(base).hostname == _INTEL_PCS_HOST
         update = {"update": key.tcb_update_type}
-        # 1. The three signed pieces, concurrently.
-        (pck_crl, pck_headers), (tcb, tcb_headers), (qe, qe_headers) = await asyncio.gather(
+        # 1. The three signed pieces, concurrently. If one fails the others are cancelled:
+        #    no request of a failed attempt outlives it (nor overlaps the next base URL).
+        (pck_crl, pck_headers), (tcb, tcb_headers), (qe, qe_headers) = await _all_or_nothing(
             self._get(
                 f"{root}/sgx/certification/v4/pckcrl",
                 {"ca": key.ca, "encoding": "der"},

@@ -386,3 +386,40 @@ async def test_intel_pcs_uses_root_cdp_and_update_type():
         "https://api.trustedservices.intel.com/sgx/certification/v4/pckcrl?ca=platform&encoding=der"
         in seen
     )
+
+
+async def test_a_failed_attempt_leaves_no_request_behind():
+    """One piece failing cancels the others before the next base URL is tried."""
+    pki = TestPki.create()
+    parts = pki.collateral_parts(AT)
+    started: list[str] = []
+    cancelled: list[str] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        started.append(f"{request.url.host}{request.url.path}")
+        if request.url.host == "first" and request.url.path.endswith("pckcrl"):
+            raise httpx.ConnectError("refused", request=request)
+        if request.url.host == "first":
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                cancelled.append(request.url.path)
+                raise
+        query = {k: [v] for k, v in request.url.params.items()}
+        status, headers, body = pccs_response({parts.fmspc: parts}, request.url.path, query)
+        return httpx.Response(status, headers=headers, content=body)
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
+        fetcher = PccsFetcher(
+            http, base_urls=["http://first", "http://second"], root_ca_der=pki.root_der
+        )
+        async with asyncio.timeout(5):
+            fetched = await fetcher.fetch(_key(pki))
+    assert fetched.source_url == "http://second"
+    assert sorted(cancelled) == [
+        "/tdx/certification/v4/qe/identity",
+        "/tdx/certification/v4/tcb",
+    ]
+    # Nothing from the first URL started after the second one was asked.
+    first_second = next(i for i, url in enumerate(started) if url.startswith("second"))
+    assert all(url.startswith("second") for url in started[first_second:])
