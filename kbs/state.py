@@ -16,6 +16,7 @@ from kbs.resources import ResourceRouter
 from kbs.sessions import SessionStore
 from kbs.settings import KbsSettings
 from kbs.stores import PolicyStore, ReferenceValueStore
+from kbs.tdx import TdxService
 from kbs.tokens import TokenSigner, TokenVerifier
 from policy.base import PolicyEngine
 
@@ -41,6 +42,8 @@ class KbsState:
     attestation: AttestationService
     resources: ResourceRouter
     admin: AdminAuthorizer
+    #: The TDX verifier's PCCS client and collateral cache (``None``: TDX disabled).
+    tdx: TdxService | None = None
 
     @property
     def body_limit(self) -> int:
