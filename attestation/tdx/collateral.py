@@ -355,6 +355,10 @@ class _Entry:
     last_attempt_at: dt.datetime | None = None
     last_error: str | None = None
     last_error_at: dt.datetime | None = None
+    # [fresh_from, fresh_until): served with no I/O. fresh_until is the refresh time,
+    # never after any nextUpdate, so inside the window the collateral is also valid.
+    fresh_from: dt.datetime | None = None
+    fresh_until: dt.datetime | None = None
 
 
 class MemoryCollateralStore:
@@ -411,15 +415,21 @@ class CachingCollateralSource:
             max_age: refresh collateral at least this often (new CRLs, TCB recoveries).
             refresh_margin: refresh at least this long before the earliest ``nextUpdate``.
             retry_interval: minimum time between two PCCS attempts for one key.
+
+        Raises:
+            ValueError: ``max_age`` is not positive or ``refresh_margin`` is negative.
         """
         self._fetcher = fetcher
         self._store = store
         self._root_ca_der = intel_root_ca_der() if root_ca_der is None else root_ca_der
         self._update_type: TcbUpdateType = tcb_update_type
         self._max_age = max_age
+        if max_age <= dt.timedelta(0) or refresh_margin < dt.timedelta(0):
+            raise ValueError("max_age must be positive and refresh_margin not negative")
         self._margin = refresh_margin
         self._retry = retry_interval
         self._entries: OrderedDict[CollateralKey, _Entry] = OrderedDict()
+        self._keys: dict[tuple[str, str], CollateralKey] = {}
         self._inflight: dict[CollateralKey, asyncio.Task[None]] = {}
 
     # ---------------------------------------------------------------- public API
@@ -430,13 +440,19 @@ class CachingCollateralSource:
         Raises:
             CollateralUnavailableError: nothing valid in memory, in the store or from the PCCS.
         """
-        key = CollateralKey(fmspc, ca, self._update_type)
+        key = self._keys.get((fmspc, ca)) or self._new_key(fmspc, ca)
         entry = self._entries.get(key)
-        # 1. Fresh in memory: no I/O at all.
+        # 1. Fresh in memory: no I/O at all (the hot path: a few comparisons).
+        if (
+            entry is not None
+            and entry.fresh_from is not None
+            and entry.fresh_until is not None
+            and entry.fresh_from <= at < entry.fresh_until
+        ):
+            self._entries.move_to_end(key)
+            return entry.collateral  # type: ignore[return-value]  # set with fresh_*
         if entry is not None and entry.collateral is not None and entry.collateral.valid_at(at):
             self._entries.move_to_end(key)
-            if at < self._refresh_at(entry):
-                return entry.collateral
             # 2. Stale but valid: try to refresh (rate-limited), serve what we have if not.
             if self._may_attempt(entry, at):
                 try:
@@ -483,7 +499,7 @@ class CachingCollateralSource:
                 continue
             entry = self._entry(key)
             if self._newer(stored[0], entry):
-                entry.collateral, entry.fetched_at, entry.source_url = stored
+                self._adopt(entry, *stored)
                 loaded += 1
         return loaded
 
@@ -536,6 +552,19 @@ class CachingCollateralSource:
 
     # ---------------------------------------------------------------- internals
 
+    def _new_key(self, fmspc: str, ca: CaType) -> CollateralKey:
+        key = CollateralKey(fmspc, ca, self._update_type)  # validates
+        if len(self._keys) < MAX_CACHED_KEYS * 4:
+            self._keys[fmspc, ca] = key
+        return key
+
+    def _adopt(
+        self, entry: _Entry, collateral: Collateral, fetched_at: dt.datetime, source_url: str
+    ) -> None:
+        entry.collateral, entry.fetched_at, entry.source_url = collateral, fetched_at, source_url
+        entry.fresh_from = collateral.issued_at
+        entry.fresh_until = self._refresh_at(entry)
+
     def _refresh_at(self, entry: _Entry) -> dt.datetime:
         assert entry.collateral is not None
         assert entry.fetched_at is not None
@@ -580,7 +609,7 @@ class CachingCollateralSource:
         # 1. The shared store first: another replica (or our previous life) may have it.
         stored = await self._load_stored(key)
         if stored is not None and self._newer(stored[0], entry):
-            entry.collateral, entry.fetched_at, entry.source_url = stored
+            self._adopt(entry, *stored)
             if stored[0].valid_at(at) and at < self._refresh_at(entry):
                 return
         # 2. The PCCS.
@@ -592,11 +621,7 @@ class CachingCollateralSource:
             entry.last_error = str(exc)[:500]
             entry.last_error_at = at
             raise
-        entry.collateral, entry.fetched_at, entry.source_url = (
-            fetched.collateral,
-            at,
-            fetched.source_url,
-        )
+        self._adopt(entry, fetched.collateral, at, fetched.source_url)
         entry.last_error = entry.last_error_at = None
         _logger.info(
             "collateral for %s refreshed from %s (next update %s)",

@@ -27,7 +27,6 @@ Steps 4-7 are CPU-bound and synchronous; they run inline by default, or in an in
 from __future__ import annotations
 
 import asyncio
-import base64
 import binascii
 import datetime as dt
 import functools
@@ -77,7 +76,9 @@ def _b64(value: str, field: str, limit: int) -> bytes:
     if len(value) > (limit + 2) // 3 * 4:
         raise EvidenceInvalidError(f"tdx evidence {field} is too large")
     try:
-        return base64.b64decode(value, validate=True)
+        # strict_mode: only the standard alphabet, correct padding, nothing after it (as
+        # strict as b64decode(validate=True), and without its extra regex pass).
+        return binascii.a2b_base64(value, strict_mode=True)
     except (binascii.Error, ValueError) as exc:
         raise EvidenceInvalidError(f"tdx evidence {field} is not standard base64") from exc
 

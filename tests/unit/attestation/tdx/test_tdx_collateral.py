@@ -423,3 +423,11 @@ async def test_a_failed_attempt_leaves_no_request_behind():
     # Nothing from the first URL started after the second one was asked.
     first_second = next(i for i, url in enumerate(started) if url.startswith("second"))
     assert all(url.startswith("second") for url in started[first_second:])
+
+
+def test_cache_parameters_are_checked(client, pki):
+    fetcher = _fetcher(client, pki, "http://127.0.0.1:9/")
+    with pytest.raises(ValueError, match="max_age"):
+        CachingCollateralSource(fetcher, max_age=dt.timedelta(0))
+    with pytest.raises(ValueError, match="refresh_margin"):
+        CachingCollateralSource(fetcher, refresh_margin=-HOUR)
