@@ -460,8 +460,9 @@ class CachingCollateralSource:
                 except CollateralUnavailableError as exc:
                     _logger.warning("serving stale collateral for %s: %s", key, exc)
             return self._valid(key, at) or entry.collateral
-        # 3. Nothing valid in memory: store, then PCCS (rate-limited after a failure).
-        if entry is not None and not self._may_attempt(entry, at):
+        # 3. Nothing valid in memory: store, then PCCS (rate-limited after a failure). A
+        #    fetch already under way for this key is joined, whenever it started.
+        if entry is not None and key not in self._inflight and not self._may_attempt(entry, at):
             raise CollateralUnavailableError(
                 f"no valid collateral for {key} (last error: {entry.last_error})"
             )

@@ -319,6 +319,16 @@ async def test_cold_cache_with_pccs_down_is_503(tdx: Tdx, kbs: RunningKbs) -> No
     await _attest(kbs, tdx.guest)
 
 
+async def test_guests_arriving_during_a_cold_fetch_share_it(tdx: Tdx, kbs: RunningKbs) -> None:
+    """Many guests booting at once on a cold cache: one fetch, nobody gets a 503."""
+    tdx.pccs.delay = 0.1
+    first = asyncio.ensure_future(_attest(kbs, tdx.guest))
+    await asyncio.sleep(0.05)
+    others = [asyncio.ensure_future(_attest(kbs, tdx.guest)) for _ in range(3)]
+    await asyncio.gather(first, *others)
+    assert tdx.pccs.count() == 4
+
+
 async def test_pccs_error_status_is_503(tdx: Tdx, kbs: RunningKbs) -> None:
     tdx.pccs.status = 500
     error = await _refused(kbs, tdx.guest)

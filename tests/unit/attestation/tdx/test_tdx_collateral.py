@@ -325,6 +325,19 @@ async def test_concurrent_cold_requests_share_one_fetch(client, pki, pccs):
     assert pccs.count() == 4
 
 
+async def test_a_request_arriving_during_a_cold_fetch_joins_it(client, pki, pccs):
+    """Staggered arrivals (real traffic), not a gather of coroutines created together."""
+    pccs.delay = 0.1
+    source = _source(client, pki, pccs)
+    first = asyncio.ensure_future(source.get_collateral(pki.fmspc, "platform", at=AT))
+    await asyncio.sleep(0.03)  # the fetch is under way: the entry exists, no collateral yet
+    later = [
+        await source.get_collateral(pki.fmspc, "platform", at=AT + dt.timedelta(seconds=1))
+    ]
+    assert (await first) is later[0]
+    assert pccs.count() == 4
+
+
 async def test_cancelled_request_does_not_cancel_shared_fetch(client, pki, pccs):
     pccs.delay = 0.05
     source = _source(client, pki, pccs)
