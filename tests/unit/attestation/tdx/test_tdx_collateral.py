@@ -331,10 +331,8 @@ async def test_a_request_arriving_during_a_cold_fetch_joins_it(client, pki, pccs
     source = _source(client, pki, pccs)
     first = asyncio.ensure_future(source.get_collateral(pki.fmspc, "platform", at=AT))
     await asyncio.sleep(0.03)  # the fetch is under way: the entry exists, no collateral yet
-    later = [
-        await source.get_collateral(pki.fmspc, "platform", at=AT + dt.timedelta(seconds=1))
-    ]
-    assert (await first) is later[0]
+    later = await source.get_collateral(pki.fmspc, "platform", at=AT + dt.timedelta(seconds=1))
+    assert (await first) is later
     assert pccs.count() == 4
 
 
