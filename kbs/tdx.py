@@ -98,7 +98,8 @@ class TdxService:
     refresh_interval_s: float
 
     async def aclose(self) -> None:
-        """Close the PCCS HTTP client."""
+        """Cancel PCCS fetches still under way, then close the HTTP client."""
+        await self.source.aclose()
         await self.http.aclose()
 
     async def refresh_forever(self, clock: Clock) -> None:

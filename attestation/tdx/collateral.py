@@ -528,6 +528,13 @@ class CachingCollateralSource:
                 refreshed.append(key)
         return RefreshReport(refreshed=tuple(refreshed), failed=tuple(failed))
 
+    async def aclose(self) -> None:
+        """Cancel fetches still under way (call before closing the HTTP client)."""
+        tasks = list(self._inflight.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     def status(self, at: dt.datetime) -> tuple[CollateralStatus, ...]:
         """Freshness of every cached entry at ``at`` (for a readiness endpoint)."""
         out = []

@@ -442,3 +442,16 @@ def test_cache_parameters_are_checked(client, pki):
         CachingCollateralSource(fetcher, max_age=dt.timedelta(0))
     with pytest.raises(ValueError, match="refresh_margin"):
         CachingCollateralSource(fetcher, refresh_margin=-HOUR)
+
+
+async def test_aclose_cancels_fetches_under_way(client, pki, pccs):
+    pccs.delay = 1.0
+    source = _source(client, pki, pccs)
+    waiter = asyncio.ensure_future(source.get_collateral(pki.fmspc, "platform", at=AT))
+    await asyncio.sleep(0.05)
+    assert source._inflight
+    async with asyncio.timeout(0.5):
+        await source.aclose()
+    assert not source._inflight
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
