@@ -9,8 +9,8 @@
   :class:`~attestation.errors.CollateralUnavailableError`, never the guest's fault.
 * :class:`CachingCollateralSource` keeps parsed collateral in memory and in a
   :class:`~attestation.tdx.base.CollateralStore` (shared by replicas, survives restarts).
-  A fresh entry costs no I/O at all. A stale entry is refreshed on demand (at most once
-  per ``retry_interval``) and served while it is still valid if the PCCS does not answer;
+  A fresh entry costs no I/O at all. A stale entry that is still valid is served at once
+  while a refresh runs in the background (at most one attempt per ``retry_interval``);
   the application also calls :meth:`CachingCollateralSource.refresh_due` periodically.
   Concurrent cold requests for one key share one fetch.
 """
@@ -388,9 +388,9 @@ class CachingCollateralSource:
 
     An entry is *fresh* until ``refresh_at = min(fetched_at + max_age, next_update -
     refresh_margin)`` and *valid* while dcap-qvl still accepts its dates. Fresh entries
-    are served with no I/O. Stale-but-valid entries trigger a refresh (at most one per
-    ``retry_interval``) and are served if it fails. Without a valid entry, the store is
-    consulted, then the PCCS; if both fail, :class:`CollateralUnavailableError`.
+    are served with no I/O. Stale-but-valid entries are served at once and start a
+    background refresh (at most one per ``retry_interval``). Without a valid entry, the
+    store is consulted, then the PCCS; if both fail, :class:`CollateralUnavailableError`.
     """
 
     def __init__(
@@ -453,13 +453,12 @@ class CachingCollateralSource:
             return entry.collateral  # type: ignore[return-value]  # set with fresh_*
         if entry is not None and entry.collateral is not None and entry.collateral.valid_at(at):
             self._entries.move_to_end(key)
-            # 2. Stale but valid: try to refresh (rate-limited), serve what we have if not.
+            # 2. Stale but valid: serve it now and refresh in the background (rate-limited),
+            #    so no guest waits for a PCCS that may be down while valid collateral is
+            #    cached. The outcome is recorded for status() and logged.
             if self._may_attempt(entry, at):
-                try:
-                    await self._refresh(key, at)
-                except CollateralUnavailableError as exc:
-                    _logger.warning("serving stale collateral for %s: %s", key, exc)
-            return self._valid(key, at) or entry.collateral
+                self._refresh_task(key, at)
+            return entry.collateral
         # 3. Nothing valid in memory: store, then PCCS (rate-limited after a failure). A
         #    fetch already under way for this key is joined, whenever it started.
         if entry is not None and key not in self._inflight and not self._may_attempt(entry, at):
@@ -598,6 +597,10 @@ class CachingCollateralSource:
     async def _refresh(self, key: CollateralKey, at: dt.datetime) -> None:
         # One refresh per key at a time; everyone else awaits the same task. The task is
         # shielded so that a cancelled request does not cancel the shared fetch.
+        await asyncio.shield(self._refresh_task(key, at))
+
+    def _refresh_task(self, key: CollateralKey, at: dt.datetime) -> asyncio.Task[None]:
+        """The refresh of ``key`` under way, or a new one."""
         task = self._inflight.get(key)
         if task is None:
             task = asyncio.get_running_loop().create_task(self._do_refresh(key, at))
@@ -607,10 +610,12 @@ class CachingCollateralSource:
                 if self._inflight.get(key) is finished:
                     del self._inflight[key]
                 if not finished.cancelled():
-                    finished.exception()  # retrieved even if every waiter was cancelled
+                    exc = finished.exception()  # retrieved even if nobody awaits it
+                    if isinstance(exc, CollateralUnavailableError):
+                        _logger.warning("collateral refresh for %s failed: %s", key, exc)
 
             task.add_done_callback(_done)
-        await asyncio.shield(task)
+        return task
 
     async def _do_refresh(self, key: CollateralKey, at: dt.datetime) -> None:
         entry = self._entry(key)

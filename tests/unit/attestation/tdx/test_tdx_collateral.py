@@ -141,10 +141,28 @@ def test_fetcher_validates_urls():
 # ---------------------------------------------------------------- cache
 
 
+_SOURCES: list[CachingCollateralSource] = []
+
+
+@pytest.fixture(autouse=True)
+async def _close_sources():
+    # Background refreshes must not outlive the test (and its HTTP client).
+    yield
+    while _SOURCES:
+        await _SOURCES.pop().aclose()
+
+
 def _source(client, pki, pccs, store=None, **kwargs):
-    return CachingCollateralSource(
+    source = CachingCollateralSource(
         _fetcher(client, pki, pccs.url), store=store, root_ca_der=pki.root_der, **kwargs
     )
+    _SOURCES.append(source)
+    return source
+
+
+async def _settled(source: CachingCollateralSource) -> None:
+    """Wait for the background refreshes under way."""
+    await asyncio.gather(*source._inflight.values(), return_exceptions=True)
 
 
 async def test_warm_cache_makes_no_requests(client, pki, pccs):
@@ -183,10 +201,12 @@ async def test_stale_cache_refreshes_on_demand_or_serves_stale(client, pki, pccs
     source = _source(client, pki, pccs)
     first = await source.get_collateral(pki.fmspc, "platform", at=AT)
     stale_at = AT + 13 * HOUR  # past max_age (12 h), long before expiry
-    # PCCS down: the stale-but-valid copy is served; one attempt, then rate-limited.
+    # PCCS down: the stale-but-valid copy is served at once; one background attempt, then
+    # rate-limited.
     pccs.reset()
     pccs.down = True
     assert await source.get_collateral(pki.fmspc, "platform", at=stale_at) is first
+    await _settled(source)
     attempts = pccs.count()
     assert attempts >= 1
     assert (
@@ -198,11 +218,16 @@ async def test_stale_cache_refreshes_on_demand_or_serves_stale(client, pki, pccs
     assert not status.fresh
     assert status.valid
     assert "could not fetch" in status.last_error
-    # PCCS back with newer collateral: the next request after the retry interval refreshes.
+    # PCCS back with newer collateral: the next request after the retry interval is still
+    # served the stale copy without waiting, and starts the refresh that the following
+    # requests see.
     pccs.down = False
     newer = pki.collateral_parts(stale_at, eval_number=18)
     pccs.parts = {pki.fmspc: newer}
-    got = await source.get_collateral(pki.fmspc, "platform", at=stale_at + dt.timedelta(minutes=2))
+    later = stale_at + dt.timedelta(minutes=2)
+    assert await source.get_collateral(pki.fmspc, "platform", at=later) is first
+    await _settled(source)
+    got = await source.get_collateral(pki.fmspc, "platform", at=later)
     assert got.digest == newer.collateral().digest
     assert got.tcb_evaluation_data_number == 18
 
@@ -312,6 +337,8 @@ async def test_rollback_is_refused(client, pki, pccs):
     pccs.parts = {pki.fmspc: pki.collateral_parts(AT + 13 * HOUR, eval_number=17)}
     got = await source.get_collateral(pki.fmspc, "platform", at=AT + 13 * HOUR)
     assert got is first
+    await _settled(source)
+    assert await source.get_collateral(pki.fmspc, "platform", at=AT + 13 * HOUR) is first
     assert "older than cached" in source.status(AT + 13 * HOUR)[0].last_error
 
 
