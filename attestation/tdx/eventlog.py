@@ -25,7 +25,7 @@ import struct
 import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from attestation.tdx.errors import EventLogParseError, EventLogReplayError
 
@@ -107,8 +107,11 @@ _EVENT_TYPES: Final[Mapping[int, str]] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class EventDigest:
+# Events and digests are NamedTuples (immutable, built in one C call): a log has
+# hundreds of them and the parser runs on every attestation.
+
+
+class EventDigest(NamedTuple):
     """One digest of an event (one per PCR bank)."""
 
     algorithm: int
@@ -120,11 +123,14 @@ class EventDigest:
         return _ALGORITHMS[self.algorithm][0]
 
 
-@dataclass(frozen=True, slots=True)
-class EventLogEntry:
-    """One measured event (the Spec ID header event is not an entry)."""
+class EventLogEntry(NamedTuple):
+    """One measured event (the Spec ID header event is not an entry).
 
-    index: int
+    ``mr_index`` is the CC measurement register (1..4 = RTMR0..3); the claim calls it
+    ``index`` (a NamedTuple field cannot: ``tuple.index`` is a method).
+    """
+
+    mr_index: int
     event_type: int
     digests: tuple[EventDigest, ...]
     event: bytes
@@ -143,7 +149,7 @@ class EventLogEntry:
             "digest_matches_event": self.digest_matches_event,
             "digests": [{"alg": d.algorithm_name, "digest": d.digest.hex()} for d in self.digests],
             "event": base64.b64encode(self.event).decode("ascii"),
-            "index": self.index,
+            "index": self.mr_index,
             "type_name": self.type_name,
         }
 
@@ -173,7 +179,7 @@ class EventLog:
         try:
             value = bytes(hashlib.new(hash_name).digest_size)
             for entry in self.entries:
-                if entry.index != index:
+                if entry.mr_index != index:
                     continue
                 for digest in entry.digests:
                     if digest.algorithm == algorithm:
@@ -305,7 +311,7 @@ def parse_event_log(data: bytes) -> EventLog:
         details = _DETAIL_PARSERS.get(event_type, _blank)(event)
         entries.append(
             EventLogEntry(
-                index=index,
+                mr_index=index,
                 event_type=event_type,
                 digests=tuple(digests),
                 event=event,
