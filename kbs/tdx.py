@@ -13,9 +13,10 @@ Built once by ``create_app`` from ``[attestation_service.verifier_config.dcap_ve
 * :meth:`TdxService.refresh_forever` runs as a lifespan task: every
   ``refresh_interval_s`` it refreshes what is due; failures are logged, never raised.
 * DCAP verification runs inline on the event loop, not in an executor: dcap-qvl holds
-  the GIL for the whole call (about 1 ms), so a thread pool adds latency without
-  parallelism, and the server's worker processes already use every core (see
-  docs/tdx.md for the measurements).
+  the GIL for the whole call (about 1 ms), so a thread pool gives no parallelism; a
+  process pool pays for pickling quote, collateral and event log on every attestation
+  and would oversubscribe the cores the server's worker processes already use (see
+  docs/tdx.md and bench/tdx_verify.py for the measurements).
 """
 
 from __future__ import annotations
