@@ -27,6 +27,7 @@ from attestation.base import Verifier
 from attestation.errors import AttestationError
 from attestation.registry import VerifierRegistry
 from attestation.sample import SampleDeviceVerifier, SampleVerifier
+from attestation.tdx.verifier import TdxVerifier
 from kbs import __version__, db
 from kbs import metrics as metrics_routes
 from kbs.admin_auth import build_admin_authorizer
@@ -61,6 +62,7 @@ from kbs.stores import (
     load_or_create_rsa_signing_key,
     load_or_create_signing_key,
 )
+from kbs.tdx import TdxService, build_tdx_service
 from kbs.tokens import (
     SimpleTokenSigner,
     TokenSigner,
@@ -134,6 +136,8 @@ def create_app(
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await state.resources.aclose()
+            if state.tdx is not None:
+                await state.tdx.aclose()
             await state.engine.dispose()
 
     app = FastAPI(
@@ -278,6 +282,10 @@ async def _start(
         await engine.dispose()
         raise
     tasks = [asyncio.create_task(_sweep_sessions(state), name="kbs-session-sweeper")]
+    if state.tdx is not None:
+        tasks.append(
+            asyncio.create_task(state.tdx.refresh_forever(clock), name="kbs-collateral-refresh")
+        )
     return state, tasks
 
 
@@ -322,6 +330,13 @@ async def _build_state(
     verifiers: list[Verifier] = list(extra_verifiers)
     if settings.attestation_service.insecure_allow_sample_evidence:
         verifiers += [SampleVerifier(), SampleDeviceVerifier()]
+    tdx: TdxService | None = None
+    if not any(v.tee == TdxVerifier.tee for v in verifiers):
+        tdx = await build_tdx_service(
+            settings.attestation_service.verifier_config.dcap_verifier, engine=engine
+        )
+    if tdx is not None:
+        verifiers.append(tdx.verifier)
     registry = VerifierRegistry(verifiers)
     _logger.info("evidence verifiers enabled: %s", ", ".join(registry.tees) or "none")
 
@@ -350,6 +365,7 @@ async def _build_state(
         admin=build_admin_authorizer(settings.admin),
         simple_signer=simple_signer,
         rate_limiter=RateLimiter.from_settings(settings.rate_limit),
+        tdx=tdx,
     )
 
 

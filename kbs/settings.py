@@ -36,6 +36,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from attestation.tdx.collateral import ALIBABA_CLOUD_PCCS_URL
 from kbs import __version__
 from storage_backends.aliyun_kms.settings import (
     AliyunKmsConfigError,
@@ -55,6 +56,7 @@ __all__ = [
     "AttestationTokenSettings",
     "ConfigError",
     "DatabaseSettings",
+    "DcapVerifierSettings",
     "HttpServerSettings",
     "KbsSettings",
     "RateLimitSettings",
@@ -242,10 +244,76 @@ class RvpsSettings(_Section):
 
 
 class DcapVerifierSettings(_Section):
-    """``[attestation_service.verifier_config.dcap_verifier]``."""
+    """``[attestation_service.verifier_config.dcap_verifier]``: the TDX (DCAP) verifier.
 
+    Trustee's keys: ``collateral_service`` (one PCCS/PCS URL) and ``tcb_update_type``.
+    Ours: an ordered ``collateral_services`` failover list (Trustee's single URL, if
+    given, is tried first), platform-flag switches, HTTP timeouts, the collateral
+    refresh cadence, a switch to disable the verifier, and ``insecure_root_ca_path``
+    (a private trust anchor, for tests only). See docs/tdx.md.
+    """
+
+    #: Trustee key: a PCCS or Intel PCS base URL, tried before ``collateral_services``.
     collateral_service: str | None = None
-    tcb_update_type: Literal["early", "standard"] = "standard"
+    #: Trustee key: which TCB evaluation data set to request (Trustee's default ``early``).
+    tcb_update_type: Literal["early", "standard"] = "early"
+    #: Ours: register the ``tdx`` verifier (``false``: TDX evidence is refused).
+    enabled: bool = True
+    #: Ours: PCCS/PCS base URLs, tried in order after ``collateral_service``.
+    collateral_services: list[str] = Field(default_factory=lambda: [ALIBABA_CLOUD_PCCS_URL])
+    #: Ours: accept platforms whose PCK certificate says so (cloud hosts all do).
+    allow_dynamic_platform: bool = True
+    allow_cached_keys: bool = True
+    allow_smt: bool = True
+    #: Ours: seconds to establish a connection to a PCCS, and for each whole request.
+    connect_timeout_s: float = Field(default=3.0, gt=0, le=60)
+    timeout_s: float = Field(default=10.0, gt=0, le=120)
+    #: Ours: seconds between background passes that refresh collateral that is due.
+    refresh_interval_s: float = Field(default=300.0, gt=0, le=24 * 3600)
+    #: Ours: refresh collateral at least this often, hours (new CRLs, TCB recoveries).
+    max_collateral_age_h: float = Field(default=12.0, gt=0, le=24 * 30)
+    #: Ours: least seconds between two PCCS attempts for one platform after a failure.
+    retry_interval_s: float = Field(default=60.0, ge=0, le=3600)
+    #: Ours, insecure: trust this root CA (DER or PEM) instead of Intel's SGX Root CA.
+    insecure_root_ca_path: Path | None = None
+
+    @field_validator("collateral_service", mode="after")
+    @classmethod
+    def _check_service(cls, value: str | None) -> str | None:
+        if value is not None:
+            _check_pccs_url(value)
+        return value
+
+    @field_validator("collateral_services", mode="after")
+    @classmethod
+    def _check_services(cls, value: list[str]) -> list[str]:
+        for url in value:
+            _check_pccs_url(url)
+        return value
+
+    @model_validator(mode="after")
+    def _some_service(self) -> DcapVerifierSettings:
+        if self.enabled and not self.pccs_urls:
+            raise ValueError("give collateral_service or at least one collateral_services url")
+        return self
+
+    @property
+    def pccs_urls(self) -> tuple[str, ...]:
+        """Every PCCS base URL in failover order, without duplicates."""
+        urls = [self.collateral_service] if self.collateral_service else []
+        urls += self.collateral_services
+        return tuple(dict.fromkeys(urls))
+
+
+def _check_pccs_url(url: str) -> None:
+    scheme = url.partition("://")[0].lower()
+    if scheme == "file":
+        raise ValueError(
+            "file:// collateral (Intel's PCS client tool output) is not supported; "
+            "give a PCCS or PCS https:// url"
+        )
+    if scheme not in ("http", "https") or not url.partition("://")[2]:
+        raise ValueError(f"pccs url must be http(s)://host/...: {url!r}")
 
 
 class VerifierConfigSettings(_Section):
@@ -881,6 +949,12 @@ class KbsSettings(BaseSettings):
                 "attestation_service.insecure_allow_sample_evidence is refused when "
                 'environment = "production"'
             )
+        dcap = self.attestation_service.verifier_config.dcap_verifier
+        if self.environment == "production" and dcap.insecure_root_ca_path is not None:
+            raise ValueError(
+                "attestation_service.verifier_config.dcap_verifier.insecure_root_ca_path is "
+                'refused when environment = "production"'
+            )
         if len([p for p in self.plugins if p.name == "resource"]) > 1:
             raise ValueError("only one resource plugin may be configured")
         if self.environment == "production":
@@ -946,6 +1020,11 @@ class KbsSettings(BaseSettings):
             found.append("attestation_token.insecure_header_jwk")
         if self.attestation_service.insecure_allow_sample_evidence:
             found.append("attestation_service.insecure_allow_sample_evidence")
+        if self.attestation_service.verifier_config.dcap_verifier.insecure_root_ca_path:
+            found.append(
+                "attestation_service.verifier_config.dcap_verifier.insecure_root_ca_path: "
+                "tdx quotes are checked against a private root ca, not intel's"
+            )
         admin = self.admin
         if admin is not None and (
             admin.authorization_mode == "InsecureAllowAll"

@@ -19,6 +19,7 @@ from kbs.resources import ResourceRouter
 from kbs.sessions import SessionStore
 from kbs.settings import KbsSettings
 from kbs.stores import PolicyStore, ReferenceValueStore
+from kbs.tdx import TdxService
 from kbs.tokens import SimpleTokenSigner, TokenSigner, TokenVerifier
 from policy.base import PolicyEngine
 
@@ -46,6 +47,8 @@ class KbsState:
     admin: AdminAuthorizer
     simple_signer: SimpleTokenSigner
     rate_limiter: RateLimiter
+    #: The TDX verifier's PCCS client and collateral cache (``None``: TDX disabled).
+    tdx: TdxService | None = None
 
     @property
     def body_limit(self) -> int:

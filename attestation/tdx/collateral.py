@@ -9,8 +9,8 @@
   :class:`~attestation.errors.CollateralUnavailableError`, never the guest's fault.
 * :class:`CachingCollateralSource` keeps parsed collateral in memory and in a
   :class:`~attestation.tdx.base.CollateralStore` (shared by replicas, survives restarts).
-  A fresh entry costs no I/O at all. A stale entry is refreshed on demand (at most once
-  per ``retry_interval``) and served while it is still valid if the PCCS does not answer;
+  A fresh entry costs no I/O at all. A stale entry that is still valid is served at once
+  while a refresh runs in the background (at most one attempt per ``retry_interval``);
   the application also calls :meth:`CachingCollateralSource.refresh_due` periodically.
   Concurrent cold requests for one key share one fetch.
 """
@@ -23,9 +23,9 @@ import json
 import logging
 import string
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Any, Final, Protocol, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import httpx
@@ -164,6 +164,21 @@ def _json_body(body: bytes, field: str) -> tuple[str, bytes]:
     return json.dumps(signed, separators=(",", ":"), ensure_ascii=False), signature
 
 
+_T = TypeVar("_T")
+
+
+async def _all_or_nothing(*calls: Coroutine[Any, Any, _T]) -> list[_T]:
+    """Await every call concurrently; on the first failure cancel (and await) the rest."""
+    tasks = [asyncio.ensure_future(call) for call in calls]
+    try:
+        return list(await asyncio.gather(*tasks))
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
 class PccsFetcher:
     """Fetches DCAP collateral from an ordered list of PCCS / Intel PCS base URLs."""
 
@@ -174,7 +189,7 @@ class PccsFetcher:
         base_urls: Sequence[str] = DEFAULT_PCCS_URLS,
         root_ca_der: bytes | None = None,
         tcb_update_type: TcbUpdateType = "standard",
-        timeout: float = DEFAULT_TIMEOUT,
+        timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
     ) -> None:
         """Create a fetcher.
 
@@ -184,7 +199,8 @@ class PccsFetcher:
                 Intel's PCS).
             root_ca_der: trust anchor the collateral must chain to (Intel's by default).
             tcb_update_type: which TCB evaluation data set to request.
-            timeout: seconds allowed for each HTTP request.
+            timeout: seconds allowed for each step (connect, read, write) of each HTTP
+                request, or an ``httpx.Timeout`` with separate limits.
 
         Raises:
             ValueError: no base URL, or one that is not http(s).
@@ -198,7 +214,7 @@ class PccsFetcher:
         self._base_urls = tuple(base_urls)
         self._root_ca_der = intel_root_ca_der() if root_ca_der is None else root_ca_der
         self.tcb_update_type: TcbUpdateType = tcb_update_type
-        self._timeout = httpx.Timeout(timeout)
+        self._timeout = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
 
     @property
     def base_urls(self) -> tuple[str, ...]:
@@ -272,8 +288,9 @@ class PccsFetcher:
         root = _pccs_root(base)
         is_intel_pcs = urlsplit(base).hostname == _INTEL_PCS_HOST
         update = {"update": key.tcb_update_type}
-        # 1. The three signed pieces, concurrently.
-        (pck_crl, pck_headers), (tcb, tcb_headers), (qe, qe_headers) = await asyncio.gather(
+        # 1. The three signed pieces, concurrently. If one fails the others are cancelled:
+        #    no request of a failed attempt outlives it (nor overlaps the next base URL).
+        (pck_crl, pck_headers), (tcb, tcb_headers), (qe, qe_headers) = await _all_or_nothing(
             self._get(
                 f"{root}/sgx/certification/v4/pckcrl",
                 {"ca": key.ca, "encoding": "der"},
@@ -338,6 +355,10 @@ class _Entry:
     last_attempt_at: dt.datetime | None = None
     last_error: str | None = None
     last_error_at: dt.datetime | None = None
+    # [fresh_from, fresh_until): served with no I/O. fresh_until is the refresh time,
+    # never after any nextUpdate, so inside the window the collateral is also valid.
+    fresh_from: dt.datetime | None = None
+    fresh_until: dt.datetime | None = None
 
 
 class MemoryCollateralStore:
@@ -367,9 +388,9 @@ class CachingCollateralSource:
 
     An entry is *fresh* until ``refresh_at = min(fetched_at + max_age, next_update -
     refresh_margin)`` and *valid* while dcap-qvl still accepts its dates. Fresh entries
-    are served with no I/O. Stale-but-valid entries trigger a refresh (at most one per
-    ``retry_interval``) and are served if it fails. Without a valid entry, the store is
-    consulted, then the PCCS; if both fail, :class:`CollateralUnavailableError`.
+    are served with no I/O. Stale-but-valid entries are served at once and start a
+    background refresh (at most one per ``retry_interval``). Without a valid entry, the
+    store is consulted, then the PCCS; if both fail, :class:`CollateralUnavailableError`.
     """
 
     def __init__(
@@ -394,15 +415,21 @@ class CachingCollateralSource:
             max_age: refresh collateral at least this often (new CRLs, TCB recoveries).
             refresh_margin: refresh at least this long before the earliest ``nextUpdate``.
             retry_interval: minimum time between two PCCS attempts for one key.
+
+        Raises:
+            ValueError: ``max_age`` is not positive or ``refresh_margin`` is negative.
         """
         self._fetcher = fetcher
         self._store = store
         self._root_ca_der = intel_root_ca_der() if root_ca_der is None else root_ca_der
         self._update_type: TcbUpdateType = tcb_update_type
         self._max_age = max_age
+        if max_age <= dt.timedelta(0) or refresh_margin < dt.timedelta(0):
+            raise ValueError("max_age must be positive and refresh_margin not negative")
         self._margin = refresh_margin
         self._retry = retry_interval
         self._entries: OrderedDict[CollateralKey, _Entry] = OrderedDict()
+        self._keys: dict[tuple[str, str], CollateralKey] = {}
         self._inflight: dict[CollateralKey, asyncio.Task[None]] = {}
 
     # ---------------------------------------------------------------- public API
@@ -413,22 +440,28 @@ class CachingCollateralSource:
         Raises:
             CollateralUnavailableError: nothing valid in memory, in the store or from the PCCS.
         """
-        key = CollateralKey(fmspc, ca, self._update_type)
+        key = self._keys.get((fmspc, ca)) or self._new_key(fmspc, ca)
         entry = self._entries.get(key)
-        # 1. Fresh in memory: no I/O at all.
+        # 1. Fresh in memory: no I/O at all (the hot path: a few comparisons).
+        if (
+            entry is not None
+            and entry.fresh_from is not None
+            and entry.fresh_until is not None
+            and entry.fresh_from <= at < entry.fresh_until
+        ):
+            self._entries.move_to_end(key)
+            return entry.collateral  # type: ignore[return-value]  # set with fresh_*
         if entry is not None and entry.collateral is not None and entry.collateral.valid_at(at):
             self._entries.move_to_end(key)
-            if at < self._refresh_at(entry):
-                return entry.collateral
-            # 2. Stale but valid: try to refresh (rate-limited), serve what we have if not.
+            # 2. Stale but valid: serve it now and refresh in the background (rate-limited),
+            #    so no guest waits for a PCCS that may be down while valid collateral is
+            #    cached. The outcome is recorded for status() and logged.
             if self._may_attempt(entry, at):
-                try:
-                    await self._refresh(key, at)
-                except CollateralUnavailableError as exc:
-                    _logger.warning("serving stale collateral for %s: %s", key, exc)
-            return self._valid(key, at) or entry.collateral
-        # 3. Nothing valid in memory: store, then PCCS (rate-limited after a failure).
-        if entry is not None and not self._may_attempt(entry, at):
+                self._refresh_task(key, at)
+            return entry.collateral
+        # 3. Nothing valid in memory: store, then PCCS (rate-limited after a failure). A
+        #    fetch already under way for this key is joined, whenever it started.
+        if entry is not None and key not in self._inflight and not self._may_attempt(entry, at):
             raise CollateralUnavailableError(
                 f"no valid collateral for {key} (last error: {entry.last_error})"
             )
@@ -445,6 +478,30 @@ class CachingCollateralSource:
         if collateral is None:
             raise CollateralUnavailableError(f"no valid collateral for {key}")
         return collateral
+
+    async def preload(self, keys: Iterable[CollateralKey]) -> int:
+        """Load stored collateral for ``keys`` into memory, without asking the PCCS.
+
+        For start-up: :meth:`refresh_due` then keeps these platforms fresh before their
+        first quote arrives, and :meth:`status` reports them. Stored collateral is parsed
+        and signature-checked as on every load; keys of another TCB update type are
+        skipped. A store failure is logged and that key skipped.
+
+        Returns:
+            How many entries were loaded.
+        """
+        loaded = 0
+        for key in keys:
+            if key.tcb_update_type != self._update_type:
+                continue
+            stored = await self._load_stored(key)
+            if stored is None:
+                continue
+            entry = self._entry(key)
+            if self._newer(stored[0], entry):
+                self._adopt(entry, *stored)
+                loaded += 1
+        return loaded
 
     async def refresh_due(self, at: dt.datetime) -> RefreshReport:
         """Refresh every cached entry that is due (call this from a periodic task).
@@ -469,6 +526,13 @@ class CachingCollateralSource:
             else:
                 refreshed.append(key)
         return RefreshReport(refreshed=tuple(refreshed), failed=tuple(failed))
+
+    async def aclose(self) -> None:
+        """Cancel fetches still under way (call before closing the HTTP client)."""
+        tasks = list(self._inflight.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     def status(self, at: dt.datetime) -> tuple[CollateralStatus, ...]:
         """Freshness of every cached entry at ``at`` (for a readiness endpoint)."""
@@ -495,6 +559,19 @@ class CachingCollateralSource:
 
     # ---------------------------------------------------------------- internals
 
+    def _new_key(self, fmspc: str, ca: CaType) -> CollateralKey:
+        key = CollateralKey(fmspc, ca, self._update_type)  # validates
+        if len(self._keys) < MAX_CACHED_KEYS * 4:
+            self._keys[fmspc, ca] = key
+        return key
+
+    def _adopt(
+        self, entry: _Entry, collateral: Collateral, fetched_at: dt.datetime, source_url: str
+    ) -> None:
+        entry.collateral, entry.fetched_at, entry.source_url = collateral, fetched_at, source_url
+        entry.fresh_from = collateral.issued_at
+        entry.fresh_until = self._refresh_at(entry)
+
     def _refresh_at(self, entry: _Entry) -> dt.datetime:
         assert entry.collateral is not None
         assert entry.fetched_at is not None
@@ -520,6 +597,10 @@ class CachingCollateralSource:
     async def _refresh(self, key: CollateralKey, at: dt.datetime) -> None:
         # One refresh per key at a time; everyone else awaits the same task. The task is
         # shielded so that a cancelled request does not cancel the shared fetch.
+        await asyncio.shield(self._refresh_task(key, at))
+
+    def _refresh_task(self, key: CollateralKey, at: dt.datetime) -> asyncio.Task[None]:
+        """The refresh of ``key`` under way, or a new one."""
         task = self._inflight.get(key)
         if task is None:
             task = asyncio.get_running_loop().create_task(self._do_refresh(key, at))
@@ -529,17 +610,19 @@ class CachingCollateralSource:
                 if self._inflight.get(key) is finished:
                     del self._inflight[key]
                 if not finished.cancelled():
-                    finished.exception()  # retrieved even if every waiter was cancelled
+                    exc = finished.exception()  # retrieved even if nobody awaits it
+                    if isinstance(exc, CollateralUnavailableError):
+                        _logger.warning("collateral refresh for %s failed: %s", key, exc)
 
             task.add_done_callback(_done)
-        await asyncio.shield(task)
+        return task
 
     async def _do_refresh(self, key: CollateralKey, at: dt.datetime) -> None:
         entry = self._entry(key)
         # 1. The shared store first: another replica (or our previous life) may have it.
         stored = await self._load_stored(key)
         if stored is not None and self._newer(stored[0], entry):
-            entry.collateral, entry.fetched_at, entry.source_url = stored
+            self._adopt(entry, *stored)
             if stored[0].valid_at(at) and at < self._refresh_at(entry):
                 return
         # 2. The PCCS.
@@ -551,11 +634,7 @@ class CachingCollateralSource:
             entry.last_error = str(exc)[:500]
             entry.last_error_at = at
             raise
-        entry.collateral, entry.fetched_at, entry.source_url = (
-            fetched.collateral,
-            at,
-            fetched.source_url,
-        )
+        self._adopt(entry, fetched.collateral, at, fetched.source_url)
         entry.last_error = entry.last_error_at = None
         _logger.info(
             "collateral for %s refreshed from %s (next update %s)",

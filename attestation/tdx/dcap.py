@@ -173,7 +173,8 @@ class DcapResult:
 
 
 # Per-process memos of pure functions: parsed dcap-qvl collateral by digest, and the
-# collateral-dependent supplemental claims by everything that determines them.
+# collateral- and platform-dependent supplemental claims by everything that determines
+# them (shared, read-only: DcapResult.claims() copies).
 _QVL_COLLATERAL: Final[Lru[bytes, Any]] = Lru(64)
 _SUPPLEMENTAL: Final[Lru[tuple[bytes, ...], Mapping[str, Any]]] = Lru(MEMO_SIZE)
 
@@ -301,12 +302,15 @@ def verify_quote(
     try:
         report = dcap_qvl.verify_with_root_ca(raw_quote, qvl_collateral, root_ca_der, now)
         status = str(report.status)
-        advisories = tuple(str(a) for a in report.advisory_ids)
+        advisories = tuple(report.advisory_ids)
         if supplemental is None:
             policy = dcap_qvl.QuotePolicy.claims_only(now)
             verifier = dcap_qvl.QuoteVerifier(root_ca_der)
             claims = verifier.verify_with_policy(raw_quote, qvl_collateral, now, policy)
-            supplemental = _supplemental_from_claims(json.loads(claims.to_json()))
+            supplemental = {
+                **_supplemental_from_claims(json.loads(claims.to_json())),
+                **_platform_claims(pck),
+            }
             _SUPPLEMENTAL.put(memo_key, supplemental)
     except ValueError as exc:
         reason = _reason(str(exc))
@@ -320,8 +324,4 @@ def verify_quote(
     # 3. Platform flags (ours; dcap-qvl's claims-only policy passes them through).
     platform_policy.check(pck)
 
-    return DcapResult(
-        tcb_status=status,
-        advisory_ids=advisories,
-        supplemental={**supplemental, **_platform_claims(pck)},
-    )
+    return DcapResult(tcb_status=status, advisory_ids=advisories, supplemental=supplemental)

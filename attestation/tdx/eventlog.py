@@ -25,7 +25,7 @@ import struct
 import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from attestation.tdx.errors import EventLogParseError, EventLogReplayError
 
@@ -107,8 +107,11 @@ _EVENT_TYPES: Final[Mapping[int, str]] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class EventDigest:
+# Events and digests are NamedTuples (immutable, built in one C call): a log has
+# hundreds of them and the parser runs on every attestation.
+
+
+class EventDigest(NamedTuple):
     """One digest of an event (one per PCR bank)."""
 
     algorithm: int
@@ -120,11 +123,14 @@ class EventDigest:
         return _ALGORITHMS[self.algorithm][0]
 
 
-@dataclass(frozen=True, slots=True)
-class EventLogEntry:
-    """One measured event (the Spec ID header event is not an entry)."""
+class EventLogEntry(NamedTuple):
+    """One measured event (the Spec ID header event is not an entry).
 
-    index: int
+    ``mr_index`` is the CC measurement register (1..4 = RTMR0..3); the claim calls it
+    ``index`` (a NamedTuple field cannot: ``tuple.index`` is a method).
+    """
+
+    mr_index: int
     event_type: int
     digests: tuple[EventDigest, ...]
     event: bytes
@@ -143,7 +149,7 @@ class EventLogEntry:
             "digest_matches_event": self.digest_matches_event,
             "digests": [{"alg": d.algorithm_name, "digest": d.digest.hex()} for d in self.digests],
             "event": base64.b64encode(self.event).decode("ascii"),
-            "index": self.index,
+            "index": self.mr_index,
             "type_name": self.type_name,
         }
 
@@ -173,7 +179,7 @@ class EventLog:
         try:
             value = bytes(hashlib.new(hash_name).digest_size)
             for entry in self.entries:
-                if entry.index != index:
+                if entry.mr_index != index:
                     continue
                 for digest in entry.digests:
                     if digest.algorithm == algorithm:
@@ -247,6 +253,11 @@ def _parse_spec_id(cursor: _Cursor) -> dict[int, int]:
     return sizes
 
 
+_EVENT_HEAD: Final = struct.Struct("<III")  # CC MR index, event type, digest count
+_ONES_8: Final = b"\xff" * 8
+_ZEROS_8: Final = bytes(8)
+
+
 def _is_padding(data: bytes) -> bool:
     return data == b"\xff" * len(data) or data == bytes(len(data))
 
@@ -266,38 +277,41 @@ def parse_event_log(data: bytes) -> EventLog:
     """
     cursor = _Cursor(bytes(data))
     sizes = _parse_spec_id(cursor)
+    buf = cursor.data
+    end = len(buf)
+    pos = cursor.pos
     entries: list[EventLogEntry] = []
-    while cursor.pos < len(cursor.data):
+    while pos < end:
         # 1. End of the log: an index+type word of all ones or all zeros, or a short tail
         #    of padding.
-        head = cursor.data[cursor.pos : cursor.pos + 8]
-        if _is_padding(head):
+        head = buf[pos : pos + 8]
+        if head in (_ONES_8, _ZEROS_8) or _is_padding(head):
             break
         if len(entries) >= MAX_EVENTS:
             raise EventLogParseError("cc event log has too many events")
-        # 2. Event header and digests.
-        index = cursor.u32("event index")
-        event_type = cursor.u32("event type")
+        # 2. Event header and digests (bounds-checked: a short field is a truncation).
+        if pos + _EVENT_HEAD.size > end:
+            raise EventLogParseError("cc event log truncated in event header")
+        index, event_type, count = _EVENT_HEAD.unpack_from(buf, pos)
+        pos += _EVENT_HEAD.size
         if event_type not in _EVENT_TYPES:
             raise EventLogParseError(f"cc event log has unknown event type {event_type:#x}")
-        count = cursor.u32("digest count")
         if count > MAX_DIGESTS_PER_EVENT:
             raise EventLogParseError("cc event log event has too many digests")
-        digests = []
-        for _ in range(count):
-            algorithm = cursor.u16("digest algorithm")
-            if algorithm not in _ALGORITHMS:
-                raise EventLogParseError(f"cc event log uses unknown algorithm {algorithm:#x}")
-            if algorithm not in sizes:
-                raise EventLogParseError(f"cc event log has no size for algorithm {algorithm:#x}")
-            digests.append(EventDigest(algorithm, cursor.take(sizes[algorithm], "digest")))
-        event = cursor.take(cursor.u32("event size"), "event data")
+        digests, pos = _read_digests(buf, pos, end, count, sizes)
+        if pos + 4 > end:
+            raise EventLogParseError("cc event log truncated in event size")
+        event_end = pos + 4 + int.from_bytes(buf[pos : pos + 4], "little")
+        if event_end > end:
+            raise EventLogParseError("cc event log truncated in event data")
+        event = buf[pos + 4 : event_end]
+        pos = event_end
         # 3. Details and the digest check, as the reference computes them.
         matches = _digests_match(event, digests)
         details = _DETAIL_PARSERS.get(event_type, _blank)(event)
         entries.append(
             EventLogEntry(
-                index=index,
+                mr_index=index,
                 event_type=event_type,
                 digests=tuple(digests),
                 event=event,
@@ -306,6 +320,28 @@ def parse_event_log(data: bytes) -> EventLog:
             )
         )
     return EventLog(entries=tuple(entries))
+
+
+def _read_digests(
+    buf: bytes, pos: int, end: int, count: int, sizes: Mapping[int, int]
+) -> tuple[list[EventDigest], int]:
+    """Read ``count`` (algorithm, digest) pairs at ``pos``; return them and the new offset."""
+    digests = []
+    for _ in range(count):
+        if pos + 2 > end:
+            raise EventLogParseError("cc event log truncated in digest algorithm")
+        algorithm = int.from_bytes(buf[pos : pos + 2], "little")
+        if algorithm not in _ALGORITHMS:
+            raise EventLogParseError(f"cc event log uses unknown algorithm {algorithm:#x}")
+        size = sizes.get(algorithm)
+        if size is None:
+            raise EventLogParseError(f"cc event log has no size for algorithm {algorithm:#x}")
+        pos += 2
+        if pos + size > end:
+            raise EventLogParseError("cc event log truncated in digest")
+        digests.append(EventDigest(algorithm, buf[pos : pos + size]))
+        pos += size
+    return digests, pos
 
 
 def _digests_match(event: bytes, digests: Sequence[EventDigest]) -> bool:

@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import base64
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -30,16 +31,37 @@ from kbs.client.api import (
     SampleAttester,
     SampleDeviceAttester,
 )
+from kbs.client.tdx_attester import (
+    DEFAULT_AAEL_PATH,
+    DEFAULT_CCEL_PATH,
+    DEFAULT_TSM_REPORT_ROOT,
+    TdxAttester,
+    TdxAttesterError,
+)
 from kbs.client.tee_key import TeeKeyPair
 
 __all__ = ["main"]
 
 
-def _attester(name: str) -> Attester:
+def _tdx_attester(args: argparse.Namespace) -> TdxAttester:
+    # The attestation agent's own event log, as guest-components reads it ($AAEL_PATH).
+    aael = args.tdx_aa_eventlog or os.environ.get("AAEL_PATH") or DEFAULT_AAEL_PATH
+    return TdxAttester(
+        configfs_root=Path(args.tdx_tsm_report_dir),
+        ccel_path=Path(args.tdx_ccel),
+        aael_path=Path(aael),
+    )
+
+
+def _attester(args: argparse.Namespace) -> Attester:
+    name = args.attester
     if name == "sample":
         return SampleAttester()
     if name == "tdx":
-        raise ValueError("the TDX attester is not available in this build")
+        return _tdx_attester(args)
+    # auto: TDX inside a TD, else the sample TEE (which proves nothing) with a warning.
+    if TdxAttester.detect(configfs_root=Path(args.tdx_tsm_report_dir)):
+        return _tdx_attester(args)
     print("kbs-client: no TEE detected; using the insecure sample attester", file=sys.stderr)
     return SampleAttester()
 
@@ -59,7 +81,7 @@ def _guest_client(args: argparse.Namespace) -> KbsClient:
     extra = [SampleDeviceAttester()] if args.sample_device else []
     return KbsClient(
         args.url,
-        attester=_attester(args.attester),
+        attester=_attester(args),
         tee_key=_tee_key(args),
         init_data=init_data,
         additional_attesters=extra,
@@ -153,6 +175,19 @@ def _add_guest_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--sample-device", action="store_true", help="add a sampledevice as additional evidence"
     )
+    parser.add_argument(
+        "--tdx-tsm-report-dir",
+        default=str(DEFAULT_TSM_REPORT_ROOT),
+        help="configfs-tsm report directory the TDX quote comes from",
+    )
+    parser.add_argument(
+        "--tdx-ccel", default=str(DEFAULT_CCEL_PATH), help="the CCEL ACPI table (TDX event log)"
+    )
+    parser.add_argument(
+        "--tdx-aa-eventlog",
+        help=f"attestation-agent event log appended to the CCEL if it exists "
+        f"(default: $AAEL_PATH or {DEFAULT_AAEL_PATH})",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -219,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     except KbsClientError as exc:
         print(f"kbs-client: {exc}", file=sys.stderr)
         return 1
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, TdxAttesterError) as exc:
         print(f"kbs-client: {exc}", file=sys.stderr)
         return 1
     return result

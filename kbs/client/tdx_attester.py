@@ -26,6 +26,7 @@ from typing import Any, Final
 _logger = logging.getLogger(__name__)
 
 __all__ = [
+    "DEFAULT_AAEL_PATH",
     "DEFAULT_CCEL_PATH",
     "DEFAULT_TSM_REPORT_ROOT",
     "REPORT_DATA_SIZE",
@@ -35,6 +36,8 @@ __all__ = [
 
 DEFAULT_TSM_REPORT_ROOT: Final = Path("/sys/kernel/config/tsm/report")
 DEFAULT_CCEL_PATH: Final = Path("/sys/firmware/acpi/tables/data/CCEL")
+#: Where the attestation agent keeps its own (TCG2) event log (guest-components' default).
+DEFAULT_AAEL_PATH: Final = Path("/run/attestation-agent/eventlog")
 DEFAULT_TDX_GUEST_DEVICE: Final = Path("/dev/tdx_guest")
 REPORT_DATA_SIZE: Final = 64
 TDX_PROVIDER: Final = "tdx_guest"

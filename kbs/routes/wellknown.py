@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import APIRouter, Response
 
@@ -23,9 +24,9 @@ async def healthz() -> Response:
     return Response(status_code=200)
 
 
-@router.get("/readyz", summary="Readiness: database and secret backends reachable")
+@router.get("/readyz", summary="Readiness: database, secret backends, DCAP collateral freshness")
 async def readyz(state: StateDep) -> Response:
-    """Check the database and every secret backend."""
+    """Check the database, every secret backend, and DCAP collateral per platform."""
     at = state.clock.now()
     checks: dict[str, str] = {}
     ready = True
@@ -41,8 +42,16 @@ async def readyz(state: StateDep) -> Response:
     except Exception as exc:  # noqa: BLE001 - readiness reports any failure
         checks["resources"] = describe(exc).detail
         ready = False
+    body: dict[str, Any] = {"checks": checks}
+    if state.tdx is not None:
+        # DCAP collateral per platform; absent collateral is fine (nothing seen yet),
+        # collateral that is no longer valid is not (its quotes would get 503s).
+        collateral = state.tdx.readiness(at)
+        checks["collateral"] = collateral.summary
+        body["collateral"] = collateral.entries
+        ready = ready and collateral.ready
     return json_response(
-        {"status": "ready" if ready else "unavailable", "checks": checks},
+        {"status": "ready" if ready else "unavailable", **body},
         status_code=200 if ready else 503,
     )
 

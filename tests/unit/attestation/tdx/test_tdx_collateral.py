@@ -141,10 +141,28 @@ def test_fetcher_validates_urls():
 # ---------------------------------------------------------------- cache
 
 
+_SOURCES: list[CachingCollateralSource] = []
+
+
+@pytest.fixture(autouse=True)
+async def _close_sources():
+    # Background refreshes must not outlive the test (and its HTTP client).
+    yield
+    while _SOURCES:
+        await _SOURCES.pop().aclose()
+
+
 def _source(client, pki, pccs, store=None, **kwargs):
-    return CachingCollateralSource(
+    source = CachingCollateralSource(
         _fetcher(client, pki, pccs.url), store=store, root_ca_der=pki.root_der, **kwargs
     )
+    _SOURCES.append(source)
+    return source
+
+
+async def _settled(source: CachingCollateralSource) -> None:
+    """Wait for the background refreshes under way."""
+    await asyncio.gather(*source._inflight.values(), return_exceptions=True)
 
 
 async def test_warm_cache_makes_no_requests(client, pki, pccs):
@@ -183,10 +201,12 @@ async def test_stale_cache_refreshes_on_demand_or_serves_stale(client, pki, pccs
     source = _source(client, pki, pccs)
     first = await source.get_collateral(pki.fmspc, "platform", at=AT)
     stale_at = AT + 13 * HOUR  # past max_age (12 h), long before expiry
-    # PCCS down: the stale-but-valid copy is served; one attempt, then rate-limited.
+    # PCCS down: the stale-but-valid copy is served at once; one background attempt, then
+    # rate-limited.
     pccs.reset()
     pccs.down = True
     assert await source.get_collateral(pki.fmspc, "platform", at=stale_at) is first
+    await _settled(source)
     attempts = pccs.count()
     assert attempts >= 1
     assert (
@@ -198,11 +218,16 @@ async def test_stale_cache_refreshes_on_demand_or_serves_stale(client, pki, pccs
     assert not status.fresh
     assert status.valid
     assert "could not fetch" in status.last_error
-    # PCCS back with newer collateral: the next request after the retry interval refreshes.
+    # PCCS back with newer collateral: the next request after the retry interval is still
+    # served the stale copy without waiting, and starts the refresh that the following
+    # requests see.
     pccs.down = False
     newer = pki.collateral_parts(stale_at, eval_number=18)
     pccs.parts = {pki.fmspc: newer}
-    got = await source.get_collateral(pki.fmspc, "platform", at=stale_at + dt.timedelta(minutes=2))
+    later = stale_at + dt.timedelta(minutes=2)
+    assert await source.get_collateral(pki.fmspc, "platform", at=later) is first
+    await _settled(source)
+    got = await source.get_collateral(pki.fmspc, "platform", at=later)
     assert got.digest == newer.collateral().digest
     assert got.tcb_evaluation_data_number == 18
 
@@ -312,6 +337,8 @@ async def test_rollback_is_refused(client, pki, pccs):
     pccs.parts = {pki.fmspc: pki.collateral_parts(AT + 13 * HOUR, eval_number=17)}
     got = await source.get_collateral(pki.fmspc, "platform", at=AT + 13 * HOUR)
     assert got is first
+    await _settled(source)
+    assert await source.get_collateral(pki.fmspc, "platform", at=AT + 13 * HOUR) is first
     assert "older than cached" in source.status(AT + 13 * HOUR)[0].last_error
 
 
@@ -322,6 +349,17 @@ async def test_concurrent_cold_requests_share_one_fetch(client, pki, pccs):
         *(source.get_collateral(pki.fmspc, "platform", at=AT) for _ in range(20))
     )
     assert len({id(r) for r in results}) == 1
+    assert pccs.count() == 4
+
+
+async def test_a_request_arriving_during_a_cold_fetch_joins_it(client, pki, pccs):
+    """Staggered arrivals (real traffic), not a gather of coroutines created together."""
+    pccs.delay = 0.1
+    source = _source(client, pki, pccs)
+    first = asyncio.ensure_future(source.get_collateral(pki.fmspc, "platform", at=AT))
+    await asyncio.sleep(0.03)  # the fetch is under way: the entry exists, no collateral yet
+    later = await source.get_collateral(pki.fmspc, "platform", at=AT + dt.timedelta(seconds=1))
+    assert (await first) is later
     assert pccs.count() == 4
 
 
@@ -386,3 +424,61 @@ async def test_intel_pcs_uses_root_cdp_and_update_type():
         "https://api.trustedservices.intel.com/sgx/certification/v4/pckcrl?ca=platform&encoding=der"
         in seen
     )
+
+
+async def test_a_failed_attempt_leaves_no_request_behind():
+    """One piece failing cancels the others before the next base URL is tried."""
+    pki = TestPki.create()
+    parts = pki.collateral_parts(AT)
+    started: list[str] = []
+    cancelled: list[str] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        started.append(f"{request.url.host}{request.url.path}")
+        if request.url.host == "first" and request.url.path.endswith("pckcrl"):
+            raise httpx.ConnectError("refused", request=request)
+        if request.url.host == "first":
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                cancelled.append(request.url.path)
+                raise
+        query = {k: [v] for k, v in request.url.params.items()}
+        status, headers, body = pccs_response({parts.fmspc: parts}, request.url.path, query)
+        return httpx.Response(status, headers=headers, content=body)
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
+        fetcher = PccsFetcher(
+            http, base_urls=["http://first", "http://second"], root_ca_der=pki.root_der
+        )
+        async with asyncio.timeout(5):
+            fetched = await fetcher.fetch(_key(pki))
+    assert fetched.source_url == "http://second"
+    assert sorted(cancelled) == [
+        "/tdx/certification/v4/qe/identity",
+        "/tdx/certification/v4/tcb",
+    ]
+    # Nothing from the first URL started after the second one was asked.
+    first_second = next(i for i, url in enumerate(started) if url.startswith("second"))
+    assert all(url.startswith("second") for url in started[first_second:])
+
+
+def test_cache_parameters_are_checked(client, pki):
+    fetcher = _fetcher(client, pki, "http://127.0.0.1:9/")
+    with pytest.raises(ValueError, match="max_age"):
+        CachingCollateralSource(fetcher, max_age=dt.timedelta(0))
+    with pytest.raises(ValueError, match="refresh_margin"):
+        CachingCollateralSource(fetcher, refresh_margin=-HOUR)
+
+
+async def test_aclose_cancels_fetches_under_way(client, pki, pccs):
+    pccs.delay = 1.0
+    source = _source(client, pki, pccs)
+    waiter = asyncio.ensure_future(source.get_collateral(pki.fmspc, "platform", at=AT))
+    await asyncio.sleep(0.05)
+    assert source._inflight
+    async with asyncio.timeout(0.5):
+        await source.aclose()
+    assert not source._inflight
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
