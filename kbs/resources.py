@@ -14,12 +14,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine
-from storage_backends.file import FileBackend
-from storage_backends.memory import MemoryBackend
-from storage_backends.sql import SqlBackend
 
 from kbs.settings import KbsSettings
 from storage_backends.base import ResourceDesc, StorageBackend
+from storage_backends.file import FileBackend
+from storage_backends.memory import MemoryBackend
+from storage_backends.sql import SqlBackend
 
 _logger = logging.getLogger(__name__)
 

@@ -11,7 +11,6 @@ from pathlib import Path
 import httpx
 import pytest
 import rfc8785
-from kbs.client.tee_key import TeeKeyPair
 from support.kbs_app import (
     SAMPLE_REFERENCE_VALUES,
     make_admin_key,
@@ -19,6 +18,8 @@ from support.kbs_app import (
     running_kbs,
     settings_for,
 )
+
+from kbs.client.tee_key import TeeKeyPair
 
 
 async def _alternating_flow(a, b, key: TeeKeyPair) -> bytes:

@@ -15,10 +15,10 @@ import rfc8785
 from cryptography.hazmat.primitives.asymmetric import ec
 from jwcrypto import jwe as jw_jwe
 from jwcrypto import jwk as jw_jwk
-from kbs.client.tee_key import TeeKeyPair
 from support.kbs_app import RunningKbs, advance
 
 from kbs.client.api import KbsClientError, SampleAttester, SampleDeviceAttester
+from kbs.client.tee_key import TeeKeyPair
 
 SECRET = b"model-key-\x00\x01\x02-bytes"
 ERR = "https://github.com/confidential-containers/kbs/errors/"

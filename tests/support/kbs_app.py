@@ -14,11 +14,11 @@ import httpx
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from fastapi import FastAPI
-from kbs.client.tee_key import TeeKeyPair
 
 from attestation.base import Verifier
 from kbs.app import create_app
 from kbs.client.api import AdminClient, KbsClient, SampleAttester
+from kbs.client.tee_key import TeeKeyPair
 from kbs.clock import FrozenClock, SystemClock
 from kbs.settings import KbsSettings, load_settings
 
