@@ -105,6 +105,7 @@ def create_app(
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            await state.admin.aclose()
             await state.resources.aclose()
             await state.engine.dispose()
 
@@ -267,6 +268,11 @@ async def _build_state(
     registry = VerifierRegistry(verifiers)
     _logger.info("evidence verifiers enabled: %s", ", ".join(registry.tees) or "none")
 
+    admin_authorizer = build_admin_authorizer(settings.admin)
+    # Remote identity provider keys: fetched once now (a provider that is down is logged
+    # and retried), then refreshed in the background until the app stops.
+    await admin_authorizer.start()
+
     attestation = AttestationService(
         verifiers=registry,
         engine=policy_engine,
@@ -288,7 +294,7 @@ async def _build_state(
         token_verifier=token_verifier,
         attestation=attestation,
         resources=build_resource_router(settings, engine=engine, clock=clock.now),
-        admin=build_admin_authorizer(settings.admin),
+        admin=admin_authorizer,
     )
 
 

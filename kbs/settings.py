@@ -37,6 +37,7 @@ from pydantic_settings import (
 )
 
 from kbs import __version__
+from kbs.scopes import PathPattern
 
 _logger = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ __all__ = [
     "DatabaseSettings",
     "HttpServerSettings",
     "KbsSettings",
+    "ResourceGrantSettings",
     "ResourcePluginSettings",
     "development_settings",
     "load_settings",
@@ -239,24 +241,54 @@ class AttestationServiceSettings(_Section):
 
 
 class IdentityProviderSettings(_Section):
-    """One ``identity_providers`` entry of ``[admin.authentication.bearer_jwt]``."""
+    """One ``identity_providers`` entry of ``[admin.authentication.bearer_jwt]``.
+
+    Trustee's keys: ``issuer``, ``audience``, ``public_key_uri``, ``jwk_set_uri``. Ours:
+    ``openid_configuration_uri`` (OIDC discovery; its ``issuer`` must equal ``issuer``
+    when that is set) and ``role_claim`` (overrides the section's ``role_claim``).
+    """
 
     issuer: str | None = None
     audience: str | None = None
     public_key_uri: str | None = None
     jwk_set_uri: str | None = None
+    #: Ours: an OpenID Connect discovery document; its ``jwks_uri`` is followed.
+    openid_configuration_uri: str | None = None
+    #: Ours: where this provider puts roles (a claim name or a JSON pointer).
+    role_claim: str | None = None
 
     @model_validator(mode="after")
     def _needs_key(self) -> IdentityProviderSettings:
-        if not self.public_key_uri and not self.jwk_set_uri:
-            raise ValueError("an identity provider needs public_key_uri and/or jwk_set_uri")
+        if not (self.public_key_uri or self.jwk_set_uri or self.openid_configuration_uri):
+            raise ValueError(
+                "an identity provider needs public_key_uri, jwk_set_uri and/or "
+                "openid_configuration_uri"
+            )
         return self
 
 
 class BearerJwtSettings(_Section):
-    """``[admin.authentication.bearer_jwt]``."""
+    """``[admin.authentication.bearer_jwt]`` (the list is Trustee's; the rest is ours)."""
 
     identity_providers: list[IdentityProviderSettings] = Field(min_length=1)
+    #: Ours: the claim holding the admin's role(s): a claim name (``role``, ``roles``,
+    #: ``groups``) or a JSON pointer (``/realm_access/roles``); a string or a list of strings.
+    role_claim: str = "role"
+    #: Ours: leeway on ``exp``/``nbf``, seconds (Trustee: 60).
+    clock_skew_s: int = Field(default=60, ge=0, le=3600)
+    #: Ours: JWKS and discovery documents are fetched again this often, seconds.
+    jwks_refresh_s: float = Field(default=300.0, ge=1.0, le=86400.0)
+    #: Ours: a token with an unknown ``kid`` triggers a fetch at most this often, seconds.
+    jwks_min_refresh_interval_s: float = Field(default=10.0, ge=0.0, le=3600.0)
+    #: Ours: timeout of one JWKS or discovery fetch, seconds.
+    fetch_timeout_s: float = Field(default=5.0, gt=0.0, le=60.0)
+
+    @field_validator("role_claim")
+    @classmethod
+    def _claim_name(cls, value: str) -> str:
+        if not value or len(value) > 256:  # noqa: PLR2004
+            raise ValueError("role_claim must be a claim name or a JSON pointer")
+        return value
 
 
 class AdminAuthenticationSettings(_Section):
@@ -285,10 +317,37 @@ class RegexAclSettings(_Section):
     acls: list[RegexAclEntry] = Field(default_factory=list)
 
 
+class ResourceGrantSettings(_Section):
+    """Ours: one ``[[admin.authorization.grants]]`` entry (see kbs/scopes.py).
+
+    ``actions`` of ``read``, ``write``, ``delete``, ``policy``, ``audit`` on the resource
+    path patterns in ``resources`` (``cai/*``, ``default/aliyun/*``; ``*`` = everything,
+    which the global policies and the whole audit trail need).
+    """
+
+    role: str = Field(min_length=1, max_length=255)
+    actions: list[Literal["read", "write", "delete", "policy", "audit"]] = Field(min_length=1)
+    resources: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
+
+    @field_validator("resources")
+    @classmethod
+    def _patterns(cls, value: list[str]) -> list[str]:
+        for text in value:
+            PathPattern.parse(text)
+        return value
+
+
 class AdminAuthorizationSettings(_Section):
-    """``[admin.authorization]``."""
+    """``[admin.authorization]``: Trustee's ``regex_acl``, and our ``grants``.
+
+    Without grants, the ACL alone decides (Trustee). With grants, an admin also needs a
+    grant for the action on the resource; when grants are set and no ACL entry is, the
+    grants alone decide.
+    """
 
     regex_acl: RegexAclSettings = Field(default_factory=RegexAclSettings)
+    #: Ours: role -> actions on resource path patterns.
+    grants: list[ResourceGrantSettings] = Field(default_factory=list)
 
 
 class LegacyPersona(_Section):

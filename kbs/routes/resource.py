@@ -17,7 +17,7 @@ from kbs import jwe
 from kbs.deps import SESSION_COOKIE, StateDep, json_response, read_body
 from kbs.errors import JweError, PolicyDenyError, TokenNotFoundError, TokenVerifierError
 from kbs.protocol import LEGACY_JWE_VERSIONS
-from kbs.routes.admin import admin_identity
+from kbs.routes.admin import require_admin
 from kbs.stores import RESOURCE_NAMESPACE
 from policy.defaults import DEFAULT_RESOURCE_POLICY, DEFAULT_RESOURCE_POLICY_ID
 from storage_backends.base import ResourceDesc
@@ -94,8 +94,10 @@ async def get_resource(path: str, request: Request, state: StateDep) -> Response
 async def set_resource(path: str, request: Request, state: StateDep) -> Response:
     """Store the raw request body as the resource's value."""
     at = state.clock.now()
-    identity = admin_identity(request, state, endpoint="resource", at=at)
     desc = ResourceDesc.parse(path)
+    identity = await require_admin(
+        request, state, endpoint="resource", at=at, action="write", scope=desc
+    )
     data = await read_body(request, state.body_limit)
     await state.resources.put(desc, data)
     _logger.info("admin %s stored resource %s (%d bytes)", identity.subject, desc, len(data))
@@ -106,8 +108,10 @@ async def set_resource(path: str, request: Request, state: StateDep) -> Response
 async def delete_resource(path: str, request: Request, state: StateDep) -> Response:
     """Delete the resource."""
     at = state.clock.now()
-    identity = admin_identity(request, state, endpoint="resource", at=at)
     desc = ResourceDesc.parse(path)
+    identity = await require_admin(
+        request, state, endpoint="resource", at=at, action="delete", scope=desc
+    )
     await state.resources.delete(desc)
     _logger.info("admin %s deleted resource %s", identity.subject, desc)
     return Response(status_code=200, media_type="text/xml")
