@@ -30,18 +30,22 @@ from attestation.sample import SampleDeviceVerifier, SampleVerifier
 from kbs import __version__, db
 from kbs.admin_auth import build_admin_authorizer
 from kbs.appraisal import AttestationService
+from kbs.audit import AuditLog, load_or_create_audit_key
 from kbs.clock import Clock, SystemClock
 from kbs.deps import json_response
 from kbs.entropy import Entropy, system_entropy
 from kbs.errors import (
     DatabaseUnavailableError,
+    ErrorInfo,
     InvalidRequestPathError,
     KbsError,
     PluginNotFoundError,
     describe,
 )
+from kbs.release_policies import ReleasePolicyStore
+from kbs.request_id import RequestIdMiddleware, current_request_id, is_guest_request
 from kbs.resources import build_resource_router
-from kbs.routes import admin, attest, auth, resource, wellknown
+from kbs.routes import admin, attest, auth, keyadmin, resource, wellknown
 from kbs.sessions import SessionStore
 from kbs.settings import KbsSettings
 from kbs.state import KbsState
@@ -119,11 +123,14 @@ def create_app(
     app.include_router(attest.router)
     app.include_router(resource.router)
     app.include_router(admin.router)
+    app.include_router(keyadmin.router)
     app.include_router(wellknown.router)
     _add_fallback_routes(app)
     for exc_type in (KbsError, AttestationError, PolicyError, StorageError):
         app.add_exception_handler(exc_type, _error_handler)
     app.add_middleware(_CatchAllMiddleware)
+    # Outermost: every answer, the catch-all's 500s included, carries X-Request-Id.
+    app.add_middleware(RequestIdMiddleware, entropy=entropy)
     return app
 
 
@@ -144,22 +151,42 @@ def _add_fallback_routes(app: FastAPI) -> None:
     app.add_api_route("/kbs/v0/{plugin}/{rest:path}", unknown_plugin_path, **kwargs)
 
 
+def _error_body(method: str, path: str, info: ErrorInfo) -> dict[str, Any]:
+    """``{type, detail}`` plus our ``request_id`` member (guests also see it in ``detail``)."""
+    request_id = current_request_id()
+    detail = info.detail
+    if request_id is not None and is_guest_request(method, path):
+        detail = f"{detail} (request id {request_id})"
+    body: dict[str, Any] = {"type": info.type, "detail": detail}
+    if request_id is not None:
+        body["request_id"] = request_id
+    return body
+
+
 async def _error_handler(request: Request, exc: Exception) -> Response:
     info = describe(exc)
     if info.status >= 500:  # noqa: PLR2004
         _logger.error(
-            "%s %s failed: %s", request.method, request.url.path, info.variant, exc_info=exc
+            "%s %s failed: %s (request id %s)",
+            request.method,
+            request.url.path,
+            info.variant,
+            current_request_id(),
+            exc_info=exc,
         )
     else:
         _logger.info(
-            "%s %s -> %d %s: %s",
+            "%s %s -> %d %s: %s (request id %s)",
             request.method,
             request.url.path,
             info.status,
             info.variant,
             info.detail,
+            current_request_id(),
         )
-    return json_response({"type": info.type, "detail": info.detail}, status_code=info.status)
+    return json_response(
+        _error_body(request.method, request.url.path, info), status_code=info.status
+    )
 
 
 class _CatchAllMiddleware:
@@ -188,7 +215,8 @@ class _CatchAllMiddleware:
                 raise
             info = describe(exc)
             response = json_response(
-                {"type": info.type, "detail": info.detail}, status_code=info.status
+                _error_body(str(scope.get("method")), str(scope.get("path")), info),
+                status_code=info.status,
             )
             await response(scope, receive, send)
 
@@ -295,6 +323,10 @@ async def _build_state(
         attestation=attestation,
         resources=build_resource_router(settings, engine=engine, clock=clock.now),
         admin=admin_authorizer,
+        audit=AuditLog(
+            engine, value_key=await load_or_create_audit_key(engine, at=at, entropy=entropy)
+        ),
+        release_policies=ReleasePolicyStore(engine),
     )
 
 

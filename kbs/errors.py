@@ -24,6 +24,7 @@ from attestation.errors import (
 from policy.errors import PolicyEvaluationError, PolicyInvalidError, ReferenceValueError
 from storage_backends.errors import (
     InvalidResourcePathError,
+    ResourceConflictError,
     ResourceNotFoundError,
     ResourceTooLargeError,
     StorageUnavailableError,
@@ -35,7 +36,9 @@ _logger = logging.getLogger(__name__)
 __all__ = [
     "ERROR_TYPE_PREFIX",
     "AdminAuthError",
+    "AdminRequestError",
     "AttestFailedError",
+    "AuditUnavailableError",
     "AuthFailedError",
     "DatabaseUnavailableError",
     "ErrorInfo",
@@ -46,6 +49,8 @@ __all__ = [
     "PayloadTooLargeError",
     "PluginNotFoundError",
     "PolicyDenyError",
+    "ReleasePolicyError",
+    "ReleasePolicyNotFoundError",
     "RvpsError",
     "SerdeError",
     "TokenNotFoundError",
@@ -117,6 +122,22 @@ class DatabaseUnavailableError(KbsError):
     """The database could not be reached or failed (our fault: 503)."""
 
 
+class AuditUnavailableError(KbsError):
+    """An audit record could not be written, so the operation was refused (503)."""
+
+
+class ReleasePolicyError(KbsError):
+    """A release policy upload is malformed (bad prefix, allow list or encoding)."""
+
+
+class ReleasePolicyNotFoundError(KbsError):
+    """No release policy is attached to that path pattern."""
+
+
+class AdminRequestError(KbsError):
+    """An admin request (explain, audit query) is malformed (400)."""
+
+
 @dataclass(frozen=True, slots=True)
 class ErrorInfo:
     """How one error is answered."""
@@ -137,8 +158,10 @@ _TABLE: Final[tuple[tuple[type[BaseException], int, str, str | None], ...]] = (
     (InvalidRequestPathError, 404, "InvalidRequestPath", None),
     (InvalidResourcePathError, 404, "InvalidRequestPath", None),
     (PluginNotFoundError, 404, "PluginNotFound", None),
+    (ReleasePolicyNotFoundError, 404, "ReleasePolicyNotFound", None),
     (PayloadTooLargeError, 413, "PayloadTooLarge", None),
     (DatabaseUnavailableError, 503, "DatabaseUnavailable", None),
+    (AuditUnavailableError, 503, "AuditUnavailable", None),
     (StorageUnavailableError, 503, "StorageUnavailable", None),
     (CollateralUnavailableError, 503, "CollateralUnavailable", None),
     (VerifierUnavailableError, 503, "VerifierUnavailable", None),
@@ -151,6 +174,8 @@ _TABLE: Final[tuple[tuple[type[BaseException], int, str, str | None], ...]] = (
     (PolicyDenyError, 401, "PolicyDeny", None),
     (AdminAuthError, 401, "AdminAuthAccess", None),
     (ParsePolicyError, 401, "ParsePolicyError", None),
+    (ReleasePolicyError, 401, "ParsePolicyError", None),
+    (AdminRequestError, 400, "InvalidAdminRequest", None),
     (PolicyInvalidError, 401, "PolicyEngineError", None),
     (PolicyEvaluationError, 401, "PolicyEngineError", None),
     (ReferenceValueError, 401, "RvpsError", None),
@@ -160,6 +185,7 @@ _TABLE: Final[tuple[tuple[type[BaseException], int, str, str | None], ...]] = (
     (ResourceNotFoundError, 401, "PluginInternalError", "resource not found"),
     (UnsupportedOperationError, 401, "PluginInternalError", None),
     (ResourceTooLargeError, 401, "PluginInternalError", None),
+    (ResourceConflictError, 409, "ResourceConflict", None),
 )
 
 

@@ -94,6 +94,13 @@ class PathPattern:
         """Whether every path ``other`` matches is matched by this pattern."""
         return all(p in (_WILDCARD, o) for p, o in zip(self.segments, other.segments, strict=True))
 
+    def overlaps(self, other: PathPattern) -> bool:
+        """Whether some path is matched by both patterns."""
+        return all(
+            _WILDCARD in (p, o) or p == o
+            for p, o in zip(self.segments, other.segments, strict=True)
+        )
+
     @property
     def is_everything(self) -> bool:
         """Whether this is ``*`` (every resource)."""
@@ -142,6 +149,16 @@ class Permissions:
         pattern = PathPattern.exact(scope) if isinstance(scope, ResourceDesc) else scope
         return any(
             action in grant.actions and any(p.covers(pattern) for p in grant.patterns)
+            for grant in self._grants
+        )
+
+    def touches(self, actions: Iterable[str], pattern: PathPattern) -> bool:
+        """Whether one of ``actions`` is granted on some path ``pattern`` matches."""
+        if self._grants is None:
+            return True
+        wanted = set(actions)
+        return any(
+            wanted & grant.actions and any(p.overlaps(pattern) for p in grant.patterns)
             for grant in self._grants
         )
 

@@ -45,6 +45,7 @@ __all__ = [
     "AdminSettings",
     "AttestationServiceSettings",
     "AttestationTokenSettings",
+    "AuditSettings",
     "ConfigError",
     "DatabaseSettings",
     "HttpServerSettings",
@@ -505,6 +506,17 @@ class ResourcePluginSettings(_Section):
         return value
 
 
+class AuditSettings(_Section):
+    """``[audit]`` (ours): the hash-chained audit trail (kbs/audit.py).
+
+    Every attestation, release and admin change is recorded. When the record of a
+    release or an admin change cannot be written, the operation is refused (503), as
+    Vault does; ``insecure_release_without_audit`` releases anyway (logged as an error).
+    """
+
+    insecure_release_without_audit: bool = False
+
+
 class PolicyEngineSettings(_Section):
     """Legacy (<= v0.18) ``[policy_engine]``: a resource policy file installed at start-up."""
 
@@ -541,6 +553,11 @@ class KbsSettings(BaseSettings):
     storage_backend: StorageBackendSettings | None = None
     plugins: list[ResourcePluginSettings] = Field(default_factory=list)
     policy_engine: PolicyEngineSettings | None = None
+    #: Ours: previous values kept per resource for rollback (file, database and memory
+    #: backends; KMS keeps its own versions). 0 keeps none.
+    keep_resource_versions: int = Field(default=5, ge=0, le=100)
+    #: Ours: the audit trail.
+    audit: AuditSettings = Field(default_factory=AuditSettings)
 
     @field_validator("plugins", mode="before")
     @classmethod
@@ -561,6 +578,10 @@ class KbsSettings(BaseSettings):
             raise ValueError(
                 "attestation_service.insecure_allow_sample_evidence is refused when "
                 'environment = "production"'
+            )
+        if self.environment == "production" and self.audit.insecure_release_without_audit:
+            raise ValueError(
+                'audit.insecure_release_without_audit is refused when environment = "production"'
             )
         if len([p for p in self.plugins if p.name == "resource"]) > 1:
             raise ValueError("only one resource plugin may be configured")
@@ -608,6 +629,8 @@ class KbsSettings(BaseSettings):
             found.append("attestation_token.insecure_header_jwk")
         if self.attestation_service.insecure_allow_sample_evidence:
             found.append("attestation_service.insecure_allow_sample_evidence")
+        if self.audit.insecure_release_without_audit:
+            found.append("audit.insecure_release_without_audit")
         admin = self.admin
         if admin is not None and (
             admin.authorization_mode == "InsecureAllowAll"

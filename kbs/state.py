@@ -10,8 +10,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from kbs.admin_auth import AdminAuthorizer
 from kbs.appraisal import AttestationService
+from kbs.audit import AuditLog
 from kbs.clock import Clock
 from kbs.entropy import Entropy
+from kbs.release_policies import ReleasePolicyStore
 from kbs.resources import ResourceRouter
 from kbs.sessions import SessionStore
 from kbs.settings import KbsSettings
@@ -41,6 +43,9 @@ class KbsState:
     attestation: AttestationService
     resources: ResourceRouter
     admin: AdminAuthorizer
+    #: Ours (issue 4): the audit trail and per-resource release policies.
+    audit: AuditLog
+    release_policies: ReleasePolicyStore
 
     @property
     def body_limit(self) -> int:

@@ -24,6 +24,14 @@ SECRET = b"model-key-\x00\x01\x02-bytes"
 ERR = "https://github.com/confidential-containers/kbs/errors/"
 
 
+def _error(response, variant: str, detail: str, *, guest: bool = True) -> dict[str, str]:
+    """The error body: {type, detail} plus the request id (named in detail for guests)."""
+    request_id = response.headers["x-request-id"]
+    if guest:
+        detail = f"{detail} (request id {request_id})"
+    return {"type": ERR + variant, "detail": detail, "request_id": request_id}
+
+
 def _digest(obj: object) -> bytes:
     return hashlib.sha384(rfc8785.dumps(obj)).digest()
 
@@ -236,10 +244,11 @@ async def test_wrong_nonce_is_rejected(kbs: RunningKbs) -> None:
         await _auth(http)
         response = await _attest_body(http, TeeKeyPair.generate(), "not-the-nonce")
     assert response.status_code == 401
-    assert response.json() == {
-        "type": ERR + "AttestationError",
-        "detail": "Attestation error: RCAR handshake Attest failed: nonce does not match the session",
-    }
+    assert response.json() == _error(
+        response,
+        "AttestationError",
+        "Attestation error: RCAR handshake Attest failed: nonce does not match the session",
+    )
 
 
 async def test_attest_without_cookie(kbs: RunningKbs) -> None:
@@ -313,7 +322,7 @@ async def test_policy_denies_contraindicated_sample(kbs: RunningKbs) -> None:
         assert claims["submods"]["cpu0"]["ear.status"] == "contraindicated"
         response = await guest._http.get("/kbs/v0/resource/a/b/c")
     assert response.status_code == 401
-    assert response.json() == {"type": ERR + "PolicyDeny", "detail": "Access denied by policy"}
+    assert response.json() == _error(response, "PolicyDeny", "Access denied by policy")
 
 
 async def test_custom_resource_policy_deny_and_allow(affirming_kbs: RunningKbs) -> None:
@@ -334,7 +343,7 @@ async def test_missing_resource(affirming_kbs: RunningKbs) -> None:
         await guest.attest()
         response = await guest._http.get("/kbs/v0/resource/no/such/thing")
     assert response.status_code == 401
-    assert response.json() == {"type": ERR + "PluginInternalError", "detail": "resource not found"}
+    assert response.json() == _error(response, "PluginInternalError", "resource not found")
 
 
 async def test_no_token(kbs: RunningKbs) -> None:
@@ -356,7 +365,7 @@ async def test_expired_token_replayed_as_bearer(affirming_kbs: RunningKbs) -> No
             "/kbs/v0/resource/a/b/c", headers={"Authorization": f"Bearer {token}"}
         )
     assert late.status_code == 401
-    assert late.json() == {"type": ERR + "TokenVerifierError", "detail": "token has expired"}
+    assert late.json() == _error(late, "TokenVerifierError", "token has expired")
 
 
 async def test_token_signed_by_another_key(affirming_kbs: RunningKbs) -> None:
@@ -441,10 +450,9 @@ async def test_symlink_out_of_repository_is_not_served(
 async def test_unknown_plugin_and_wrong_method(kbs: RunningKbs) -> None:
     response = await kbs.http.get("/kbs/v0/nebula-ca/credential")
     assert response.status_code == 404
-    assert response.json() == {
-        "type": ERR + "PluginNotFound",
-        "detail": "Plugin nebula-ca not found",
-    }
+    assert response.json() == _error(
+        response, "PluginNotFound", "Plugin nebula-ca not found", guest=False
+    )
     response = await kbs.http.get("/kbs/v0/auth")
     assert response.status_code == 404
     assert response.json()["type"] == ERR + "PluginNotFound"
