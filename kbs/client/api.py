@@ -272,8 +272,12 @@ class AdminClient:
         http: httpx.AsyncClient | None = None,
         verify: bool | str = True,
         timeout: float = DEFAULT_TIMEOUT_S,
+        role_claim: str = "role",
     ) -> None:
         """Authenticate with ``token``, or sign short-lived tokens with ``private_key_pem``.
+
+        Signed tokens carry ``role`` in the claim ``role_claim`` (a comma-separated
+        ``role`` becomes a list, for ``groups``-style claims).
 
         Raises:
             ValueError: neither or both of ``token`` and ``private_key_pem`` are given.
@@ -284,6 +288,7 @@ class AdminClient:
         self._token = token
         self._key_pem = private_key_pem
         self._role = role
+        self._role_claim = role_claim
         self._issuer = issuer
         self._audience = audience
         self._http = http or httpx.AsyncClient(verify=verify, timeout=timeout)
@@ -314,8 +319,9 @@ class AdminClient:
         else:
             raise ValueError("admin key must be Ed25519, EC P-256 or RSA")
         now = dt.datetime.now(dt.UTC)  # noqa: TID251 - the client signs with its own clock
+        roles = [r for r in self._role.split(",") if r]
         claims: dict[str, Any] = {
-            "role": self._role,
+            self._role_claim: self._role if len(roles) == 1 else roles,
             "iat": int(now.timestamp()),
             "exp": int(now.timestamp()) + 300,
         }

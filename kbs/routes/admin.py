@@ -14,6 +14,8 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import hashlib
+import json
 import logging
 import re
 from typing import Any, Final
@@ -23,10 +25,11 @@ from fastapi import APIRouter, Request, Response
 from kbs.admin_auth import AdminIdentity
 from kbs.deps import StateDep, json_response, read_json
 from kbs.errors import AdminAuthError, ParsePolicyError, RvpsError
+from kbs.routes.audit_hooks import record_admin
 from kbs.scopes import GLOBAL, PathPattern
 from kbs.state import KbsState
 from kbs.stores import ATTESTATION_NAMESPACE, RESOURCE_NAMESPACE
-from policy.defaults import DEFAULT_RESOURCE_POLICY_ID
+from policy.defaults import DEFAULT_RESOURCE_POLICY_ID, policy_hash
 from policy.reference_values import parse_message as parse_rvps_message
 from storage_backends.base import ResourceDesc
 
@@ -124,6 +127,10 @@ async def require_admin(
     return identity
 
 
+def _sha384(text: str | None) -> str | None:
+    return None if text is None else policy_hash(text)
+
+
 def _decode_policy(value: Any) -> str:
     if not isinstance(value, str):
         raise ParsePolicyError("Failed to parse policy: policy must be a base64url string")
@@ -150,6 +157,15 @@ async def set_resource_policy(request: Request, state: StateDep) -> Response:
         raise ParsePolicyError("Failed to parse policy: body must be a JSON object")
     text = _decode_policy(body.get("policy"))
     state.policy_engine.validate(text)
+    before = await state.policies.get(RESOURCE_NAMESPACE, DEFAULT_RESOURCE_POLICY_ID)
+    await record_admin(
+        state,
+        request,
+        identity,
+        action="resource-policy.set",
+        resource=None,
+        detail={"before": _sha384(before), "after": _sha384(text)},
+    )
     await state.policies.set(RESOURCE_NAMESPACE, DEFAULT_RESOURCE_POLICY_ID, text, at=at)
     _logger.info("admin %s set the resource policy", identity.subject)
     return Response(status_code=200)
@@ -178,6 +194,15 @@ async def set_attestation_policy(request: Request, state: StateDep) -> Response:
         raise ParsePolicyError("Failed to parse policy: policy_id is missing or invalid")
     text = _decode_policy(body.get("policy"))
     state.policy_engine.validate(text)
+    before = await state.policies.get(ATTESTATION_NAMESPACE, policy_id)
+    await record_admin(
+        state,
+        request,
+        identity,
+        action="attestation-policy.set",
+        resource=None,
+        detail={"policy_id": policy_id, "before": _sha384(before), "after": _sha384(text)},
+    )
     await state.policies.set(ATTESTATION_NAMESPACE, policy_id, text, at=at)
     _logger.info("admin %s set attestation policy %s", identity.subject, policy_id)
     return Response(status_code=200)
@@ -192,6 +217,21 @@ async def set_reference_value(request: Request, state: StateDep) -> Response:
     )
     message = await read_json(request, state.body_limit)
     values = parse_rvps_message(message, at=at)
+    await record_admin(
+        state,
+        request,
+        identity,
+        action="reference-value.set",
+        resource=None,
+        detail={
+            "values": {
+                rv.name: hashlib.sha256(
+                    json.dumps(rv.value, sort_keys=True, separators=(",", ":")).encode()
+                ).hexdigest()
+                for rv in values
+            }
+        },
+    )
     await state.reference_values.put(values, at=at)
     _logger.info(
         "admin %s registered reference values %s",
