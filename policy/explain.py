@@ -190,7 +190,10 @@ def _rules(text: str) -> tuple[dict[str, _Rule], list[str]]:
             order.append(name)
         return rules[name]
 
-    for node in nodes:
+    starts = [int(next(iter(node.values()))["span"]["start"]) for node in nodes]
+    for index, node in enumerate(nodes):
+        # Where this rule's text ends: the next rule's start (spans of literals stop short).
+        next_start = starts[index + 1] if index + 1 < len(starts) else len(source)
         if "Default" in node:
             default = node["Default"]
             name = _var_name(default.get("refr"))
@@ -201,11 +204,13 @@ def _rules(text: str) -> tuple[dict[str, _Rule], list[str]]:
             continue
         spec = node.get("Spec")
         if isinstance(spec, dict):
-            _add_spec(source, spec, rule)
+            _add_spec(source, spec, rule, next_start)
     return rules, order
 
 
-def _add_spec(source: bytes, spec: Mapping[str, Any], rule: Callable[[str], _Rule]) -> None:
+def _add_spec(
+    source: bytes, spec: Mapping[str, Any], rule: Callable[[str], _Rule], spec_end: int
+) -> None:
     head = spec.get("head", {})
     kind = next(iter(head), None)
     details = head.get(kind, {}) if kind else {}
@@ -216,10 +221,22 @@ def _add_spec(source: bytes, spec: Mapping[str, Any], rule: Callable[[str], _Rul
     if kind != "Compr":
         entry.traceable = False
         return
-    head_value = _assigned(source, details.get("assign"))
+    bodies = spec.get("bodies", [])
+    # The head's value ends where the first body (its "if") starts, else with the rule.
+    head_end = int(bodies[0]["span"]["start"]) if bodies else spec_end
+    head_value = _assigned(source, details.get("assign"), head_end)
     chain: list[_Body] = []
-    for body in spec.get("bodies", []):
-        value = _assigned(source, body.get("assign")) if body.get("is_else") else head_value
+    for index, body in enumerate(bodies):
+        value = head_value
+        if body.get("is_else"):
+            query = body.get("query") or {}
+            if query.get("stmts"):
+                end = int(query["span"]["start"])
+            elif index + 1 < len(bodies):
+                end = int(bodies[index + 1]["span"]["start"])
+            else:
+                end = spec_end
+            value = _assigned(source, body.get("assign"), end)
         statements = _statements(source, body["query"]) if body.get("query") else []
         chain.append(_Body(int(body["span"]["line"]), value, bool(body.get("is_else")), statements))
     if not chain:
@@ -228,13 +245,17 @@ def _add_spec(source: bytes, spec: Mapping[str, Any], rule: Callable[[str], _Rul
     entry.chains.append(chain)
 
 
-def _assigned(source: bytes, assign: Any) -> str | None:
-    """The value text of ``:= value`` (``None``: the rule's value is ``true``)."""
+def _assigned(source: bytes, assign: Any, end: int) -> str | None:
+    """The value text of ``:= value`` (``None``: the rule's value is ``true``).
+
+    Spans of literals can stop short (see :func:`_statements`), so the text runs from
+    the ``:=`` to ``end`` (the start of the body that follows), minus an ``if``.
+    """
     if not isinstance(assign, dict):
         return None
-    span = assign["span"]
-    raw = _slice(source, int(span["start"]), int(span["end"])).strip()
-    raw = raw.removeprefix(":=").removeprefix("=")
+    raw = _slice(source, int(assign["span"]["start"]), end).strip()
+    raw = raw.removeprefix(":=").removeprefix("=").strip()
+    raw = raw.removesuffix("{").rstrip().removesuffix("if").rstrip()
     return _display(raw)
 
 
