@@ -200,6 +200,10 @@ class KeySource(Protocol):
         """Background work to run while the app is up."""
         ...
 
+    async def aclose(self) -> None:
+        """Stop any fetch in flight."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class StaticKeySource:
@@ -219,6 +223,9 @@ class StaticKeySource:
     def start(self) -> list[Awaitable[None]]:
         """Nothing runs in the background."""
         return []
+
+    async def aclose(self) -> None:
+        """Nothing to stop."""
 
 
 class JwksKeySource:
@@ -297,6 +304,14 @@ class JwksKeySource:
     def start(self) -> list[Awaitable[None]]:
         """The periodic refresh loop."""
         return [self._refresh_forever()]
+
+    async def aclose(self) -> None:
+        """Cancel a fetch in flight (at shutdown)."""
+        task, self._inflight = self._inflight, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     async def _refresh_forever(self) -> None:
         while True:
@@ -491,6 +506,8 @@ class BearerJwtAuthorizer:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+        for provider in self._providers:
+            await provider.source.aclose()
         if self._http is not None:
             await self._http.aclose()
 

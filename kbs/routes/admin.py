@@ -25,7 +25,7 @@ from fastapi import APIRouter, Request, Response
 from kbs.admin_auth import AdminIdentity
 from kbs.deps import StateDep, json_response, read_json
 from kbs.errors import AdminAuthError, ParsePolicyError, RvpsError
-from kbs.routes.audit_hooks import record_admin
+from kbs.routes.audit_hooks import failure_recorded, record_admin
 from kbs.scopes import GLOBAL, PathPattern
 from kbs.state import KbsState
 from kbs.stores import ATTESTATION_NAMESPACE, RESOURCE_NAMESPACE
@@ -166,7 +166,10 @@ async def set_resource_policy(request: Request, state: StateDep) -> Response:
         resource=None,
         detail={"before": _sha384(before), "after": _sha384(text)},
     )
-    await state.policies.set(RESOURCE_NAMESPACE, DEFAULT_RESOURCE_POLICY_ID, text, at=at)
+    async with failure_recorded(
+        state, request, identity, action="resource-policy.set", resource=None
+    ):
+        await state.policies.set(RESOURCE_NAMESPACE, DEFAULT_RESOURCE_POLICY_ID, text, at=at)
     _logger.info("admin %s set the resource policy", identity.subject)
     return Response(status_code=200)
 
@@ -203,7 +206,10 @@ async def set_attestation_policy(request: Request, state: StateDep) -> Response:
         resource=None,
         detail={"policy_id": policy_id, "before": _sha384(before), "after": _sha384(text)},
     )
-    await state.policies.set(ATTESTATION_NAMESPACE, policy_id, text, at=at)
+    async with failure_recorded(
+        state, request, identity, action="attestation-policy.set", resource=None
+    ):
+        await state.policies.set(ATTESTATION_NAMESPACE, policy_id, text, at=at)
     _logger.info("admin %s set attestation policy %s", identity.subject, policy_id)
     return Response(status_code=200)
 
@@ -232,7 +238,10 @@ async def set_reference_value(request: Request, state: StateDep) -> Response:
             }
         },
     )
-    await state.reference_values.put(values, at=at)
+    async with failure_recorded(
+        state, request, identity, action="reference-value.set", resource=None
+    ):
+        await state.reference_values.put(values, at=at)
     _logger.info(
         "admin %s registered reference values %s",
         identity.subject,

@@ -13,10 +13,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, Final
 
 import jwt
@@ -34,6 +35,7 @@ _logger = logging.getLogger(__name__)
 __all__ = [
     "audited_attestation",
     "client_of",
+    "failure_recorded",
     "record_admin",
     "record_admin_failure",
     "record_best_effort",
@@ -134,6 +136,25 @@ async def record_admin_failure(
             detail={"error": info.variant, "reason": info.detail},
         ),
     )
+
+
+@contextlib.asynccontextmanager
+async def failure_recorded(
+    state: KbsState,
+    request: Request,
+    identity: AdminIdentity,
+    *,
+    action: str,
+    resource: str | None,
+) -> AsyncIterator[None]:
+    """Around applying an accepted change: a failure adds a ``failed`` record."""
+    try:
+        yield
+    except Exception as exc:
+        await record_admin_failure(
+            state, request, identity, action=action, resource=resource, error=exc
+        )
+        raise
 
 
 async def record_best_effort(state: KbsState, event: AuditEvent) -> None:

@@ -43,7 +43,7 @@ from kbs.errors import (
 from kbs.release import explain
 from kbs.release_policies import Kind, compile_allow_list, normalise_allow_list
 from kbs.routes.admin import check_permission, require_admin
-from kbs.routes.audit_hooks import record_admin
+from kbs.routes.audit_hooks import failure_recorded, record_admin
 from kbs.scopes import GLOBAL, PathPattern
 from policy.defaults import policy_hash
 from storage_backends.base import ResourceDesc
@@ -153,9 +153,12 @@ async def set_release_policy(request: Request, state: StateDep) -> Response:
             "kind": kind,
         },
     )
-    stored = await state.release_policies.set(
-        prefix, kind=kind, text=text, allow_list=allow_list, at=at, by=identity.actor
-    )
+    async with failure_recorded(
+        state, request, identity, action="release-policy.set", resource=str(prefix)
+    ):
+        stored = await state.release_policies.set(
+            prefix, kind=kind, text=text, allow_list=allow_list, at=at, by=identity.actor
+        )
     _logger.info("admin %s set the %s release policy on %s", identity.actor, kind, prefix)
     return json_response(stored.summary())
 
@@ -181,7 +184,10 @@ async def delete_release_policy(request: Request, state: StateDep) -> Response:
         resource=str(prefix),
         detail={"before": before.sha384, "after": None},
     )
-    await state.release_policies.delete(prefix)
+    async with failure_recorded(
+        state, request, identity, action="release-policy.delete", resource=str(prefix)
+    ):
+        await state.release_policies.delete(prefix)
     _logger.info("admin %s deleted the release policy on %s", identity.actor, prefix)
     return Response(status_code=200)
 

@@ -408,3 +408,18 @@ def test_processes_share_one_chain_sqlite(tmp_path: Path) -> None:
 @pytest.mark.postgres
 def test_processes_share_one_chain_postgres(tmp_path: Path, pg_database_url: str) -> None:
     _processes_share_one_chain(tmp_path, pg_database_url)
+
+
+async def test_an_accepted_change_that_fails_is_recorded(affirming_kbs: RunningKbs) -> None:
+    admin = affirming_kbs.admin()
+    version = await admin.set_resource(CAI, SECRET)
+    assert version is not None
+    with pytest.raises(KbsClientError, match="ResourceConflict"):
+        await admin.delete_resource(CAI, version=version)
+    records = await _records(affirming_kbs, action="resource.delete-version")
+    assert [r["outcome"] for r in records] == ["accepted", "failed"]
+    assert records[1]["detail"] == {
+        "error": "ResourceConflict",
+        "reason": "cannot delete the current version",
+    }
+    assert records[0]["request_id"] == records[1]["request_id"]
