@@ -32,11 +32,13 @@ from kbs import __version__, db
 from kbs import metrics as metrics_routes
 from kbs.admin_auth import build_admin_authorizer
 from kbs.appraisal import AttestationService
+from kbs.audit import AuditLog, load_or_create_audit_key
 from kbs.clock import Clock, SystemClock
 from kbs.deps import json_response
 from kbs.entropy import Entropy, system_entropy
 from kbs.errors import (
     DatabaseUnavailableError,
+    ErrorInfo,
     InvalidRequestPathError,
     KbsError,
     PluginNotFoundError,
@@ -46,8 +48,10 @@ from kbs.errors import (
 from kbs.metrics import Metrics, MetricsMiddleware
 from kbs.prefix import PathPrefixMiddleware
 from kbs.ratelimit import RateLimiter
+from kbs.release_policies import ReleasePolicyStore
+from kbs.request_id import RequestIdMiddleware, current_request_id, is_guest_request
 from kbs.resources import build_resource_router
-from kbs.routes import admin, attest, auth, resource, restful_as, wellknown
+from kbs.routes import admin, attest, auth, keyadmin, resource, restful_as, wellknown
 from kbs.sessions import SessionStore
 from kbs.settings import KbsSettings
 from kbs.state import KbsState
@@ -135,6 +139,7 @@ def create_app(
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            await state.admin.aclose()
             await state.resources.aclose()
             if state.tdx is not None:
                 await state.tdx.aclose()
@@ -155,6 +160,8 @@ def create_app(
     # Outside the catch-all, so answers it turns into 500s are counted too.
     app.state.metrics = Metrics()
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    # Every answer, the catch-all's 500s included, carries X-Request-Id.
+    app.add_middleware(RequestIdMiddleware, entropy=entropy)
     prefix = settings.http_server.path_prefix
     if prefix is not None:
         # Outermost, so the prefix is gone before anything else sees the path.
@@ -169,6 +176,7 @@ def _mount_routes(app: FastAPI, apis: Collection[ApiName]) -> None:
         app.include_router(attest.router)
         app.include_router(resource.router)
         app.include_router(admin.router)
+        app.include_router(keyadmin.router)
     app.include_router(wellknown.router)
     app.include_router(metrics_routes.router)
     if "kbs" in apis:
@@ -198,26 +206,46 @@ def _add_fallback_routes(app: FastAPI) -> None:
     app.add_api_route("/kbs/v0/{plugin}/{rest:path}", unknown_plugin_path, **kwargs)
 
 
+def _error_body(method: str, path: str, info: ErrorInfo) -> dict[str, Any]:
+    """``{type, detail}`` plus our ``request_id`` member (guests also see it in ``detail``)."""
+    request_id = current_request_id()
+    detail = info.detail
+    if request_id is not None and is_guest_request(method, path):
+        detail = f"{detail} (request id {request_id})"
+    body: dict[str, Any] = {"type": info.type, "detail": detail}
+    if request_id is not None:
+        body["request_id"] = request_id
+    return body
+
+
 async def _error_handler(request: Request, exc: Exception) -> Response:
     info = describe(exc)
     if info.status >= 500:  # noqa: PLR2004
         _logger.error(
-            "%s %s failed: %s", request.method, request.url.path, info.variant, exc_info=exc
+            "%s %s failed: %s (request id %s)",
+            request.method,
+            request.url.path,
+            info.variant,
+            current_request_id(),
+            exc_info=exc,
         )
     else:
         _logger.info(
-            "%s %s -> %d %s: %s",
+            "%s %s -> %d %s: %s (request id %s)",
             request.method,
             request.url.path,
             info.status,
             info.variant,
             info.detail,
+            current_request_id(),
         )
     headers = None
     if isinstance(exc, RateLimitedError):
         headers = {"retry-after": str(exc.retry_after_s)}
     return json_response(
-        {"type": info.type, "detail": info.detail}, status_code=info.status, headers=headers
+        _error_body(request.method, request.url.path, info),
+        status_code=info.status,
+        headers=headers,
     )
 
 
@@ -247,7 +275,8 @@ class _CatchAllMiddleware:
                 raise
             info = describe(exc)
             response = json_response(
-                {"type": info.type, "detail": info.detail}, status_code=info.status
+                _error_body(str(scope.get("method")), str(scope.get("path")), info),
+                status_code=info.status,
             )
             await response(scope, receive, send)
 
@@ -340,6 +369,11 @@ async def _build_state(
     registry = VerifierRegistry(verifiers)
     _logger.info("evidence verifiers enabled: %s", ", ".join(registry.tees) or "none")
 
+    admin_authorizer = build_admin_authorizer(settings.admin)
+    # Remote identity provider keys: fetched once now (a provider that is down is logged
+    # and retried), then refreshed in the background until the app stops.
+    await admin_authorizer.start()
+
     attestation = AttestationService(
         verifiers=registry,
         engine=policy_engine,
@@ -362,9 +396,13 @@ async def _build_state(
         token_verifier=token_verifier,
         attestation=attestation,
         resources=build_resource_router(settings, engine=engine, clock=clock.now, entropy=entropy),
-        admin=build_admin_authorizer(settings.admin),
+        admin=admin_authorizer,
         simple_signer=simple_signer,
         rate_limiter=RateLimiter.from_settings(settings.rate_limit),
+        audit=AuditLog(
+            engine, value_key=await load_or_create_audit_key(engine, at=at, entropy=entropy)
+        ),
+        release_policies=ReleasePolicyStore(engine),
         tdx=tdx,
     )
 

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The ``kbs`` console script: serve, migrate, and admin key bootstrap."""
+"""The ``kbs`` console script: serve, migrate, admin key bootstrap, audit chain checks."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
+import json
 import logging
 import os
 import shutil
@@ -230,14 +231,41 @@ def _migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _admin_keygen(args: argparse.Namespace) -> int:
+def _bootstrap_token(key: Any, args: argparse.Namespace, *, kid: str | None) -> str:
     import jwt  # noqa: PLC0415
 
     from kbs.clock import SystemClock  # noqa: PLC0415
 
+    now = SystemClock().now()
+    roles = [r for r in (args.role or "").split(",") if r]
+    claims: dict[str, Any] = {
+        args.role_claim: roles[0] if len(roles) == 1 and not args.roles_as_list else roles,
+        "sub": args.subject,
+        "iat": int(now.timestamp()),
+        "exp": int((now + dt.timedelta(minutes=args.token_minutes)).timestamp()),
+    }
+    if args.issuer:
+        claims["iss"] = args.issuer
+    if args.audience:
+        claims["aud"] = [args.audience]
+    headers = {"kid": kid} if kid else None
+    return jwt.encode(claims, key, algorithm="EdDSA", headers=headers)
+
+
+def _load_private_key(path: Path) -> ed25519.Ed25519PrivateKey:
+    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    if not isinstance(key, ed25519.Ed25519PrivateKey):
+        raise ValueError(f"{path} is not an Ed25519 private key")
+    return key
+
+
+def _admin_keygen(args: argparse.Namespace) -> int:
+    from kbs.tokens import jwk_thumbprint  # noqa: PLC0415
+
     out: Path = args.out_dir
     out.mkdir(parents=True, exist_ok=True, mode=0o700)
     private_path, public_path = out / "admin.key", out / "admin.pub"
+    jwks_path = out / "admin.jwks.json"
     if private_path.exists() and not args.force:
         print(f"kbs admin-keygen: {private_path} exists (use --force)", file=sys.stderr)
         return 2
@@ -257,19 +285,16 @@ def _admin_keygen(args: argparse.Namespace) -> int:
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
     )
-    now = SystemClock().now()
-    claims: dict[str, Any] = {
-        "role": args.role,
-        "iat": int(now.timestamp()),
-        "exp": int((now + dt.timedelta(minutes=args.token_minutes)).timestamp()),
-    }
-    if args.issuer:
-        claims["iss"] = args.issuer
-    if args.audience:
-        claims["aud"] = [args.audience]
-    token = jwt.encode(claims, key, algorithm="EdDSA")
-    print(f"private key: {private_path}\npublic key:  {public_path}")
-    print(f"bootstrap token (role {args.role}, {args.token_minutes} min):\n{token}")
+    raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    jwk = {"kty": "OKP", "crv": "Ed25519", "x": _b64url(raw)}
+    kid = jwk_thumbprint(jwk)
+    jwks_path.write_text(
+        json.dumps({"keys": [{**jwk, "kid": kid, "use": "sig", "alg": "EdDSA"}]}, indent=2) + "\n"
+    )
+    token = _bootstrap_token(key, args, kid=kid)
+    print(f"private key: {private_path}\npublic key:  {public_path}\nJWKS:        {jwks_path}")
+    print(f"key id:      {kid}")
+    print(f"bootstrap token ({args.role_claim} {args.role}, {args.token_minutes} min):\n{token}")
     return 0
 
 
@@ -287,6 +312,88 @@ def _healthcheck(args: argparse.Namespace) -> int:
         print(f"kbs healthcheck: {args.url}: HTTP {response.status_code}", file=sys.stderr)
         return 1
     return 0
+
+
+def _admin_token(args: argparse.Namespace) -> int:
+    from kbs.tokens import jwk_thumbprint  # noqa: PLC0415
+
+    try:
+        key = _load_private_key(args.key)
+    except (OSError, ValueError) as exc:
+        print(f"kbs admin-token: {exc}", file=sys.stderr)
+        return 2
+    raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    kid = jwk_thumbprint({"kty": "OKP", "crv": "Ed25519", "x": _b64url(raw)})
+    print(_bootstrap_token(key, args, kid=kid))
+    return 0
+
+
+def _b64url(data: bytes) -> str:
+    import base64  # noqa: PLC0415
+
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _audit_verify(args: argparse.Namespace) -> int:
+    from kbs import db  # noqa: PLC0415
+    from kbs.audit import verify_chain  # noqa: PLC0415
+    from kbs.settings import ConfigError, load_settings  # noqa: PLC0415
+
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(f"kbs audit verify: {exc}", file=sys.stderr)
+        return 2
+    anchors = []
+    for anchor in args.anchor or []:
+        seq, sep, digest = anchor.partition(":")
+        if not sep or not seq.isdigit() or len(digest) != 64:  # noqa: PLR2004
+            print(f"kbs audit verify: --anchor {anchor!r} is not SEQ:HASH", file=sys.stderr)
+            return 2
+        anchors.append((int(seq), digest))
+    engine = db.make_sync_engine(args.database_url or settings.database_url)
+    try:
+        with engine.connect() as conn:
+            report = verify_chain(conn, anchors=anchors)
+    finally:
+        engine.dispose()
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "ok": report.ok,
+                    "records": report.records,
+                    "head": {"seq": report.head_seq, "hash": report.head_hash},
+                    "problems": list(report.problems),
+                    "first_bad_seq": report.first_bad_seq,
+                }
+            )
+        )
+    else:
+        for problem in report.problems:
+            print(f"PROBLEM: {problem}")
+        verdict = "intact" if report.ok else f"BROKEN at record {report.first_bad_seq}"
+        print(f"audit chain {verdict}: {report.records} records")
+        print(f"head: {report.head_seq}:{report.head_hash}  (keep a copy; --anchor checks it)")
+    return 0 if report.ok else 1
+
+
+def _add_token_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--role", default="admin", help="role(s) of the token, comma-separated (default admin)"
+    )
+    parser.add_argument(
+        "--role-claim", default="role", help="claim holding the role(s) (default role)"
+    )
+    parser.add_argument(
+        "--roles-as-list", action="store_true", help="put a single role in a list (groups style)"
+    )
+    parser.add_argument("--subject", default="bootstrap-admin", help="sub claim")
+    parser.add_argument("--issuer", help="iss claim of the token")
+    parser.add_argument("--audience", help="aud claim of the token")
+    parser.add_argument(
+        "--token-minutes", type=int, default=15, help="token lifetime, minutes (default 15)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -329,14 +436,12 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.set_defaults(func=_migrate)
 
     keygen = sub.add_parser(
-        "admin-keygen", help="create an Ed25519 admin key pair and a short-lived admin token"
+        "admin-keygen",
+        help="create an Ed25519 admin key pair (PEM and JWKS) and a short-lived admin token",
     )
     keygen.add_argument("--out-dir", type=Path, default=Path("admin"), help="where to write keys")
-    keygen.add_argument("--role", default="admin", help="role claim of the bootstrap token")
-    keygen.add_argument("--issuer", help="iss claim of the bootstrap token")
-    keygen.add_argument("--audience", help="aud claim of the bootstrap token")
-    keygen.add_argument("--token-minutes", type=int, default=60, help="token lifetime")
     keygen.add_argument("--force", action="store_true", help="overwrite existing keys")
+    _add_token_options(keygen)
     keygen.set_defaults(func=_admin_keygen)
 
     health = sub.add_parser(
@@ -350,6 +455,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--insecure", action="store_true", help="do not verify the TLS certificate (self-signed)"
     )
     health.set_defaults(func=_healthcheck)
+    token = sub.add_parser("admin-token", help="sign a short-lived admin token with an admin key")
+    token.add_argument("--key", type=Path, required=True, help="Ed25519 private key (PEM)")
+    _add_token_options(token)
+    token.set_defaults(func=_admin_token)
+
+    audit = sub.add_parser("audit", help="audit trail maintenance")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True)
+    verify = audit_sub.add_parser(
+        "verify", help="check the hash chain of the audit trail (exit 1 if it is broken)"
+    )
+    verify.add_argument("--config", type=Path, help="TOML configuration file (the database)")
+    verify.add_argument("--database-url", help="the database, instead of the configuration's")
+    verify.add_argument(
+        "--anchor",
+        action="append",
+        metavar="SEQ:HASH",
+        help="a head printed earlier that must still be in the chain (repeatable)",
+    )
+    verify.add_argument("--json", action="store_true", help="machine-readable report")
+    verify.set_defaults(func=_audit_verify)
     return parser
 
 

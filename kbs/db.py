@@ -28,6 +28,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 _logger = logging.getLogger(__name__)
 
 __all__ = [
+    "audit",
+    "audit_head",
     "collateral",
     "from_millis",
     "make_async_engine",
@@ -35,6 +37,7 @@ __all__ = [
     "migrate",
     "policies",
     "reference_values",
+    "release_policies",
     "sessions",
     "signing_keys",
     "to_millis",
@@ -95,6 +98,47 @@ collateral: Final = sa.Table(
     sa.Column("payload", sa.Text, nullable=False),
     sa.Column("fetched_at", sa.BigInteger, nullable=False),
     sa.Column("next_update", sa.BigInteger, nullable=False),
+)
+
+
+#: Per-resource release policies, by resource path prefix (``cai/*``), migration 0002.
+release_policies: Final = sa.Table(
+    "kbs_release_policies",
+    metadata,
+    sa.Column("prefix", sa.String(800), primary_key=True),
+    sa.Column("kind", sa.String(16), nullable=False),  # "rego" | "allow_list"
+    sa.Column("text", sa.Text, nullable=False),  # the Rego evaluated (compiled for allow lists)
+    sa.Column("source", sa.Text, nullable=True),  # the allow list (JSON), if any
+    sa.Column("sha384", sa.String(96), nullable=False),
+    sa.Column("updated_at", sa.BigInteger, nullable=False),
+    sa.Column("updated_by", sa.String(255), nullable=False),
+)
+
+#: The append-only audit trail, hash-chained (kbs/audit.py), migration 0002.
+audit: Final = sa.Table(
+    "kbs_audit",
+    metadata,
+    sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("at", sa.BigInteger, nullable=False, index=True),
+    sa.Column("kind", sa.String(16), nullable=False, index=True),
+    sa.Column("action", sa.String(64), nullable=False),
+    sa.Column("outcome", sa.String(16), nullable=False),
+    sa.Column("actor", sa.String(255), nullable=True),
+    sa.Column("client", sa.String(64), nullable=True),
+    sa.Column("request_id", sa.String(128), nullable=True, index=True),
+    sa.Column("resource", sa.String(800), nullable=True, index=True),
+    sa.Column("detail", sa.Text, nullable=False),  # JSON, never secret values
+    sa.Column("prev_hash", sa.String(64), nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
+)
+
+#: The audit chain's head: one row (id 1) with the last sequence number and hash.
+audit_head: Final = sa.Table(
+    "kbs_audit_head",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("seq", sa.BigInteger, nullable=False),
+    sa.Column("hash", sa.String(64), nullable=False),
 )
 
 

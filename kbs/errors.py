@@ -24,6 +24,7 @@ from attestation.errors import (
 from policy.errors import PolicyEvaluationError, PolicyInvalidError, ReferenceValueError
 from storage_backends.errors import (
     InvalidResourcePathError,
+    ResourceConflictError,
     ResourceNotFoundError,
     ResourceTooLargeError,
     StorageUnavailableError,
@@ -35,8 +36,10 @@ _logger = logging.getLogger(__name__)
 __all__ = [
     "ERROR_TYPE_PREFIX",
     "AdminAuthError",
+    "AdminRequestError",
     "AttestFailedError",
     "AttestationRejectedError",
+    "AuditUnavailableError",
     "AuthFailedError",
     "DatabaseUnavailableError",
     "ErrorInfo",
@@ -48,6 +51,8 @@ __all__ = [
     "PluginNotFoundError",
     "PolicyDenyError",
     "RateLimitedError",
+    "ReleasePolicyError",
+    "ReleasePolicyNotFoundError",
     "RvpsError",
     "SerdeError",
     "TokenNotFoundError",
@@ -132,6 +137,22 @@ class AttestationRejectedError(KbsError):
     """A Simple-profile token was refused: a requested policy was not satisfied."""
 
 
+class AuditUnavailableError(KbsError):
+    """An audit record could not be written, so the operation was refused (503)."""
+
+
+class ReleasePolicyError(KbsError):
+    """A release policy upload is malformed (bad prefix, allow list or encoding)."""
+
+
+class ReleasePolicyNotFoundError(KbsError):
+    """No release policy is attached to that path pattern."""
+
+
+class AdminRequestError(KbsError):
+    """An admin request (explain, audit query) is malformed (400)."""
+
+
 @dataclass(frozen=True, slots=True)
 class ErrorInfo:
     """How one error is answered."""
@@ -152,9 +173,11 @@ _TABLE: Final[tuple[tuple[type[BaseException], int, str, str | None], ...]] = (
     (InvalidRequestPathError, 404, "InvalidRequestPath", None),
     (InvalidResourcePathError, 404, "InvalidRequestPath", None),
     (PluginNotFoundError, 404, "PluginNotFound", None),
+    (ReleasePolicyNotFoundError, 404, "ReleasePolicyNotFound", None),
     (PayloadTooLargeError, 413, "PayloadTooLarge", None),
     (RateLimitedError, 429, "TooManyRequests", None),
     (DatabaseUnavailableError, 503, "DatabaseUnavailable", None),
+    (AuditUnavailableError, 503, "AuditUnavailable", None),
     (StorageUnavailableError, 503, "StorageUnavailable", None),
     (CollateralUnavailableError, 503, "CollateralUnavailable", None),
     (VerifierUnavailableError, 503, "VerifierUnavailable", None),
@@ -168,6 +191,8 @@ _TABLE: Final[tuple[tuple[type[BaseException], int, str, str | None], ...]] = (
     (PolicyDenyError, 401, "PolicyDeny", None),
     (AdminAuthError, 401, "AdminAuthAccess", None),
     (ParsePolicyError, 401, "ParsePolicyError", None),
+    (ReleasePolicyError, 401, "ParsePolicyError", None),
+    (AdminRequestError, 400, "InvalidAdminRequest", None),
     (PolicyInvalidError, 401, "PolicyEngineError", None),
     (PolicyEvaluationError, 401, "PolicyEngineError", None),
     (ReferenceValueError, 401, "RvpsError", None),
@@ -177,6 +202,7 @@ _TABLE: Final[tuple[tuple[type[BaseException], int, str, str | None], ...]] = (
     (ResourceNotFoundError, 401, "PluginInternalError", "resource not found"),
     (UnsupportedOperationError, 401, "PluginInternalError", None),
     (ResourceTooLargeError, 401, "PluginInternalError", None),
+    (ResourceConflictError, 409, "ResourceConflict", None),
 )
 
 

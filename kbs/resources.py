@@ -8,6 +8,11 @@ wins, and the last mount is the catch-all default.
 The configuration's ``[[plugins]] name = "resource"`` entry gives the default backend;
 its ``[[plugins.mounts]]`` (ours) put other backends in front of it, e.g. Alibaba Cloud
 KMS for ``default/aliyun`` beside files for everything else.
+
+The life-cycle operations of the admin API (metadata, kept versions, rollback) go to the
+backend that holds the path, like reads and writes. A listing asks every backend and keeps
+only the paths each backend actually serves (a path another, earlier mount shadows is not
+listed twice); backends that cannot enumerate are named instead.
 """
 
 from __future__ import annotations
@@ -23,7 +28,13 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from kbs.entropy import Entropy, system_entropy
 from kbs.settings import ConfigError, KbsSettings, ResourceBackendSettings
 from storage_backends.aliyun_kms import AliyunKmsBackend, AliyunKmsConfigError
-from storage_backends.base import ResourceDesc, StorageBackend
+from storage_backends.base import (
+    ResourceDesc,
+    ResourceInfo,
+    StorageBackend,
+    VersionedValue,
+    VersionInfo,
+)
 from storage_backends.errors import StorageError, StorageUnavailableError, UnsupportedOperationError
 from storage_backends.file import FileBackend
 from storage_backends.memory import MemoryBackend
@@ -78,9 +89,9 @@ class ResourceRouter:
         """Read ``desc`` from its backend (see :meth:`StorageBackend.get`)."""
         return await self.backend_for(desc).get(desc)
 
-    async def put(self, desc: ResourceDesc, data: bytes) -> None:
-        """Write ``desc`` to its backend (see :meth:`StorageBackend.put`)."""
-        await self.backend_for(desc).put(desc, data)
+    async def put(self, desc: ResourceDesc, data: bytes) -> str | None:
+        """Write ``desc`` to its backend; the new version id (:meth:`StorageBackend.put`)."""
+        return await self.backend_for(desc).put(desc, data)
 
     async def delete(self, desc: ResourceDesc) -> None:
         """Delete ``desc`` from its backend (see :meth:`StorageBackend.delete`)."""
@@ -113,6 +124,59 @@ class ResourceRouter:
                 raise UnsupportedOperationError(f"resources under {mount.label}: {exc}") from exc
             found.update(desc for desc in held if self.mount_for(desc) is mount)
         return sorted(found)
+
+    async def read(self, desc: ResourceDesc) -> VersionedValue:
+        """Read ``desc`` and its version id (see :meth:`StorageBackend.read`)."""
+        return await self.backend_for(desc).read(desc)
+
+    async def describe(self, desc: ResourceDesc) -> ResourceInfo:
+        """Metadata of ``desc`` (see :meth:`StorageBackend.describe`)."""
+        return await self.backend_for(desc).describe(desc)
+
+    async def list_info(
+        self, *, visible: Callable[[ResourceDesc], bool] = lambda _: True
+    ) -> tuple[builtins.list[ResourceInfo], builtins.list[str]]:
+        """Metadata of every resource ``visible`` accepts, and the kinds that cannot list.
+
+        Raises:
+            StorageUnavailableError: a backend could not be read.
+        """
+        found: builtins.list[ResourceInfo] = []
+        unlisted: builtins.list[str] = []
+        seen: set[int] = set()
+        for mount in self.mounts:
+            backend = mount.backend
+            if id(backend) in seen:
+                continue
+            seen.add(id(backend))
+            try:
+                infos = await backend.list_info()
+            except UnsupportedOperationError:
+                _logger.info("resource listing skips the %s backend (cannot list)", backend.kind)
+                unlisted.append(backend.kind)
+                continue
+            found.extend(
+                info
+                for info in infos
+                if self.backend_for(info.desc) is backend and visible(info.desc)
+            )
+        return sorted(found, key=lambda info: info.desc), unlisted
+
+    async def list_versions(self, desc: ResourceDesc) -> builtins.list[VersionInfo]:
+        """Kept versions of ``desc``, newest first (see :meth:`StorageBackend.list_versions`)."""
+        return await self.backend_for(desc).list_versions(desc)
+
+    async def get_version(self, desc: ResourceDesc, version: str) -> bytes:
+        """One kept version's value (see :meth:`StorageBackend.get_version`)."""
+        return await self.backend_for(desc).get_version(desc, version)
+
+    async def restore_version(self, desc: ResourceDesc, version: str) -> str | None:
+        """Make a kept version current (see :meth:`StorageBackend.restore_version`)."""
+        return await self.backend_for(desc).restore_version(desc, version)
+
+    async def delete_version(self, desc: ResourceDesc, version: str) -> None:
+        """Delete one kept version (see :meth:`StorageBackend.delete_version`)."""
+        await self.backend_for(desc).delete_version(desc, version)
 
     async def check(self) -> None:
         """Probe every mounted backend (readiness); a failure names each failing mount.
@@ -161,7 +225,12 @@ def build_resource_router(
     """
     plugin = settings.resource_plugin
     if plugin is None:
-        default = FileBackend(settings.data_dir / "repository", layout="tree", create=True)
+        default = FileBackend(
+            settings.data_dir / "repository",
+            layout="tree",
+            create=True,
+            keep_versions=settings.keep_resource_versions,
+        )
         return ResourceRouter([Mount(None, None, default)])
     mounts = [
         Mount(
@@ -194,23 +263,27 @@ def _build_backend(
     clock: Callable[[], dt.datetime],
     entropy: Entropy,
 ) -> StorageBackend:
+    keep = settings.keep_resource_versions
     backend: StorageBackend
     if entry.storage_backend_type == "LocalFs":
-        backend = FileBackend(entry.dir_path, layout="tree", create=True)
+        backend = FileBackend(entry.dir_path, layout="tree", create=True, keep_versions=keep)
     elif entry.storage_backend_type == "kvstorage":
         kv = settings.storage_backend
         if kv is None or kv.storage_type == "Postgres":
-            backend = SqlBackend(engine, clock=clock)
+            backend = SqlBackend(engine, clock=clock, keep_versions=keep)
         elif kv.storage_type == "LocalFs":
             backend = FileBackend(
-                kv.backends.local_fs.dir_path / "repository", layout="flat", create=True
+                kv.backends.local_fs.dir_path / "repository",
+                layout="flat",
+                create=True,
+                keep_versions=keep,
             )
         else:
             _logger.warning(
                 "resources are kept in process memory (storage_type = Memory): "
                 "they are lost on restart and not shared between processes"
             )
-            backend = MemoryBackend()
+            backend = MemoryBackend(keep_versions=keep, clock=clock)
     elif entry.storage_backend_type == "Aliyun":
         backend = _aliyun_backend(entry, label, clock=clock, entropy=entropy)
     else:

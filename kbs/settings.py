@@ -38,6 +38,7 @@ from pydantic_settings import (
 
 from attestation.tdx.collateral import ALIBABA_CLOUD_PCCS_URL
 from kbs import __version__
+from kbs.scopes import PathPattern
 from storage_backends.aliyun_kms.settings import (
     AliyunKmsConfigError,
     AliyunKmsSettings,
@@ -54,6 +55,7 @@ __all__ = [
     "AdminSettings",
     "AttestationServiceSettings",
     "AttestationTokenSettings",
+    "AuditSettings",
     "ConfigError",
     "DatabaseSettings",
     "DcapVerifierSettings",
@@ -61,6 +63,7 @@ __all__ = [
     "KbsSettings",
     "RateLimitSettings",
     "ResourceBackendSettings",
+    "ResourceGrantSettings",
     "ResourceMountSettings",
     "ResourcePluginSettings",
     "development_settings",
@@ -376,24 +379,54 @@ class RateLimitSettings(_Section):
 
 
 class IdentityProviderSettings(_Section):
-    """One ``identity_providers`` entry of ``[admin.authentication.bearer_jwt]``."""
+    """One ``identity_providers`` entry of ``[admin.authentication.bearer_jwt]``.
+
+    Trustee's keys: ``issuer``, ``audience``, ``public_key_uri``, ``jwk_set_uri``. Ours:
+    ``openid_configuration_uri`` (OIDC discovery; its ``issuer`` must equal ``issuer``
+    when that is set) and ``role_claim`` (overrides the section's ``role_claim``).
+    """
 
     issuer: str | None = None
     audience: str | None = None
     public_key_uri: str | None = None
     jwk_set_uri: str | None = None
+    #: Ours: an OpenID Connect discovery document; its ``jwks_uri`` is followed.
+    openid_configuration_uri: str | None = None
+    #: Ours: where this provider puts roles (a claim name or a JSON pointer).
+    role_claim: str | None = None
 
     @model_validator(mode="after")
     def _needs_key(self) -> IdentityProviderSettings:
-        if not self.public_key_uri and not self.jwk_set_uri:
-            raise ValueError("an identity provider needs public_key_uri and/or jwk_set_uri")
+        if not (self.public_key_uri or self.jwk_set_uri or self.openid_configuration_uri):
+            raise ValueError(
+                "an identity provider needs public_key_uri, jwk_set_uri and/or "
+                "openid_configuration_uri"
+            )
         return self
 
 
 class BearerJwtSettings(_Section):
-    """``[admin.authentication.bearer_jwt]``."""
+    """``[admin.authentication.bearer_jwt]`` (the list is Trustee's; the rest is ours)."""
 
     identity_providers: list[IdentityProviderSettings] = Field(min_length=1)
+    #: Ours: the claim holding the admin's role(s): a claim name (``role``, ``roles``,
+    #: ``groups``) or a JSON pointer (``/realm_access/roles``); a string or a list of strings.
+    role_claim: str = "role"
+    #: Ours: leeway on ``exp``/``nbf``, seconds (Trustee: 60).
+    clock_skew_s: int = Field(default=60, ge=0, le=3600)
+    #: Ours: JWKS and discovery documents are fetched again this often, seconds.
+    jwks_refresh_s: float = Field(default=300.0, ge=1.0, le=86400.0)
+    #: Ours: a token with an unknown ``kid`` triggers a fetch at most this often, seconds.
+    jwks_min_refresh_interval_s: float = Field(default=10.0, ge=0.0, le=3600.0)
+    #: Ours: timeout of one JWKS or discovery fetch, seconds.
+    fetch_timeout_s: float = Field(default=5.0, gt=0.0, le=60.0)
+
+    @field_validator("role_claim")
+    @classmethod
+    def _claim_name(cls, value: str) -> str:
+        if not value or len(value) > 256:  # noqa: PLR2004
+            raise ValueError("role_claim must be a claim name or a JSON pointer")
+        return value
 
 
 class AdminAuthenticationSettings(_Section):
@@ -422,10 +455,37 @@ class RegexAclSettings(_Section):
     acls: list[RegexAclEntry] = Field(default_factory=list)
 
 
+class ResourceGrantSettings(_Section):
+    """Ours: one ``[[admin.authorization.grants]]`` entry (see kbs/scopes.py).
+
+    ``actions`` of ``read``, ``write``, ``delete``, ``policy``, ``audit`` on the resource
+    path patterns in ``resources`` (``cai/*``, ``default/aliyun/*``; ``*`` = everything,
+    which the global policies and the whole audit trail need).
+    """
+
+    role: str = Field(min_length=1, max_length=255)
+    actions: list[Literal["read", "write", "delete", "policy", "audit"]] = Field(min_length=1)
+    resources: list[str] = Field(default_factory=lambda: ["*"], min_length=1)
+
+    @field_validator("resources")
+    @classmethod
+    def _patterns(cls, value: list[str]) -> list[str]:
+        for text in value:
+            PathPattern.parse(text)
+        return value
+
+
 class AdminAuthorizationSettings(_Section):
-    """``[admin.authorization]``."""
+    """``[admin.authorization]``: Trustee's ``regex_acl``, and our ``grants``.
+
+    Without grants, the ACL alone decides (Trustee). With grants, an admin also needs a
+    grant for the action on the resource; when grants are set and no ACL entry is, the
+    grants alone decide.
+    """
 
     regex_acl: RegexAclSettings = Field(default_factory=RegexAclSettings)
+    #: Ours: role -> actions on resource path patterns.
+    grants: list[ResourceGrantSettings] = Field(default_factory=list)
 
 
 class LegacyPersona(_Section):
@@ -888,6 +948,17 @@ class ResourcePluginSettings(ResourceBackendSettings):
         return value
 
 
+class AuditSettings(_Section):
+    """``[audit]`` (ours): the hash-chained audit trail (kbs/audit.py).
+
+    Every attestation, release and admin change is recorded. When the record of a
+    release or an admin change cannot be written, the operation is refused (503), as
+    Vault does; ``insecure_release_without_audit`` releases anyway (logged as an error).
+    """
+
+    insecure_release_without_audit: bool = False
+
+
 class PolicyEngineSettings(_Section):
     """Legacy (<= v0.18) ``[policy_engine]``: a resource policy file installed at start-up."""
 
@@ -928,6 +999,11 @@ class KbsSettings(BaseSettings):
     plugins: list[ResourcePluginSettings] = Field(default_factory=list)
     policy_engine: PolicyEngineSettings | None = None
     rate_limit: RateLimitSettings = Field(default_factory=RateLimitSettings)
+    #: Ours: previous values kept per resource for rollback (file, database and memory
+    #: backends; KMS keeps its own versions). 0 keeps none.
+    keep_resource_versions: int = Field(default=5, ge=0, le=100)
+    #: Ours: the audit trail.
+    audit: AuditSettings = Field(default_factory=AuditSettings)
 
     @field_validator("plugins", mode="before")
     @classmethod
@@ -954,6 +1030,10 @@ class KbsSettings(BaseSettings):
             raise ValueError(
                 "attestation_service.verifier_config.dcap_verifier.insecure_root_ca_path is "
                 'refused when environment = "production"'
+            )
+        if self.environment == "production" and self.audit.insecure_release_without_audit:
+            raise ValueError(
+                'audit.insecure_release_without_audit is refused when environment = "production"'
             )
         if len([p for p in self.plugins if p.name == "resource"]) > 1:
             raise ValueError("only one resource plugin may be configured")
@@ -1025,6 +1105,8 @@ class KbsSettings(BaseSettings):
                 "attestation_service.verifier_config.dcap_verifier.insecure_root_ca_path: "
                 "tdx quotes are checked against a private root ca, not intel's"
             )
+        if self.audit.insecure_release_without_audit:
+            found.append("audit.insecure_release_without_audit")
         admin = self.admin
         if admin is not None and (
             admin.authorization_mode == "InsecureAllowAll"

@@ -12,9 +12,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from kbs.admin_auth import AdminAuthorizer
 from kbs.appraisal import AttestationService
+from kbs.audit import AuditLog
 from kbs.clock import Clock
 from kbs.entropy import Entropy
 from kbs.ratelimit import RateLimiter
+from kbs.release_policies import ReleasePolicyStore
 from kbs.resources import ResourceRouter
 from kbs.sessions import SessionStore
 from kbs.settings import KbsSettings
@@ -47,6 +49,9 @@ class KbsState:
     admin: AdminAuthorizer
     simple_signer: SimpleTokenSigner
     rate_limiter: RateLimiter
+    #: Ours (issue 4): the audit trail and per-resource release policies.
+    audit: AuditLog
+    release_policies: ReleasePolicyStore
     #: The TDX verifier's PCCS client and collateral cache (``None``: TDX disabled).
     tdx: TdxService | None = None
 

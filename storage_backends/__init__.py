@@ -4,11 +4,16 @@
 from storage_backends.base import (
     DEFAULT_MAX_RESOURCE_BYTES,
     ResourceDesc,
+    ResourceInfo,
     StorageBackend,
+    VersionedValue,
+    VersionInfo,
     is_valid_segment,
+    is_valid_version,
 )
 from storage_backends.errors import (
     InvalidResourcePathError,
+    ResourceConflictError,
     ResourceNotFoundError,
     ResourceTooLargeError,
     StorageError,
@@ -24,7 +29,9 @@ __all__ = [
     "FileBackend",
     "InvalidResourcePathError",
     "MemoryBackend",
+    "ResourceConflictError",
     "ResourceDesc",
+    "ResourceInfo",
     "ResourceNotFoundError",
     "ResourceTooLargeError",
     "SqlBackend",
@@ -32,5 +39,8 @@ __all__ = [
     "StorageError",
     "StorageUnavailableError",
     "UnsupportedOperationError",
+    "VersionInfo",
+    "VersionedValue",
     "is_valid_segment",
+    "is_valid_version",
 ]

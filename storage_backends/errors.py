@@ -9,6 +9,7 @@ from __future__ import annotations
 
 __all__ = [
     "InvalidResourcePathError",
+    "ResourceConflictError",
     "ResourceNotFoundError",
     "ResourceTooLargeError",
     "StorageError",
@@ -31,6 +32,10 @@ class ResourceNotFoundError(StorageError):
 
 class ResourceTooLargeError(StorageError):
     """A resource exceeds the backend's size limit."""
+
+
+class ResourceConflictError(StorageError):
+    """The operation conflicts with the resource's state (e.g. deleting its current version)."""
 
 
 class UnsupportedOperationError(StorageError):

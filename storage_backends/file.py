@@ -38,6 +38,19 @@ Not covered: hard links are not detected (whoever can write below the root alrea
 decides what is served, so keep it ``0o700`` and owned by the KBS user), and ``delete``
 leaves empty directories in place (removing them would race with a concurrent ``put``).
 
+Versions (``keep_versions > 0``): every ``put`` also stores the value as
+``<root>/.kbs-versions/<repository>/<type>/<tag>/<n>`` (``n`` = 1, 2, ...; created with
+``O_EXCL`` through a hard link, so concurrent writers never share a number) and keeps the
+newest ``keep_versions + 1`` of them. Versioned writers of one resource take an exclusive
+``flock`` on its version directory, so the resource file always holds the newest version.
+The resource file itself stays where Trustee and the seed workflow expect it.
+``.kbs-versions`` starts with ``.``, so no resource path can name it (rule 4): the guest
+path never reaches a kept version. The current version is the newest kept one whose bytes
+equal the resource file; a value copied in by hand is archived as a new version by the
+next ``put``, so it can be rolled back to. A marker file ``created`` in the version
+directory dates the resource's first versioned write.
+``delete`` removes the version directory too.
+
 Blocking file I/O runs in a worker thread, one :func:`asyncio.to_thread` per operation.
 """
 
@@ -46,7 +59,9 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import datetime as dt
 import errno
+import fcntl
 import itertools
 import logging
 import os
@@ -58,11 +73,15 @@ from typing import Final, Literal
 from storage_backends.base import (
     DEFAULT_MAX_RESOURCE_BYTES,
     ResourceDesc,
+    ResourceInfo,
     StorageBackend,
+    VersionedValue,
+    VersionInfo,
     is_valid_segment,
 )
 from storage_backends.errors import (
     InvalidResourcePathError,
+    ResourceConflictError,
     ResourceNotFoundError,
     ResourceTooLargeError,
     StorageUnavailableError,
@@ -71,7 +90,7 @@ from storage_backends.errors import (
 
 _logger = logging.getLogger(__name__)
 
-__all__ = ["FLAT_SEPARATOR", "FileBackend", "Layout"]
+__all__ = ["FLAT_SEPARATOR", "VERSIONS_DIR", "FileBackend", "Layout"]
 
 #: The two on-disk layouts (see the module docstring).
 Layout = Literal["tree", "flat"]
@@ -91,6 +110,12 @@ TEMP_PREFIX: Final = ".tmp-"
 MAX_TEMP_ATTEMPTS: Final = 64
 #: Read granularity.
 READ_CHUNK_BYTES: Final = 64 * 1024
+#: Hidden directory under the root that holds kept versions (no resource path can name it).
+VERSIONS_DIR: Final = ".kbs-versions"
+#: Marker file in a resource's version directory; its mtime dates the first versioned write.
+CREATED_MARKER: Final = "created"
+#: Most version files one resource's directory is scanned for (a guard against junk).
+MAX_VERSION_FILES: Final = 10_000
 
 # Open flags, written out in full (STYLE: security-relevant options even at their default).
 _ROOT_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
@@ -125,6 +150,7 @@ class FileBackend(StorageBackend):
         layout: Layout = "tree",
         create: bool = False,
         max_resource_bytes: int = DEFAULT_MAX_RESOURCE_BYTES,
+        keep_versions: int = 0,
     ) -> None:
         """Serve resources from ``root``.
 
@@ -135,9 +161,11 @@ class FileBackend(StorageBackend):
             create: Create ``root`` (mode ``0o700``, with missing parents) if it does not
                 exist. Off by default, so a mistyped path is an error, not an empty store.
             max_resource_bytes: Size cap for one resource.
+            keep_versions: How many previous values to keep per resource, under
+                ``<root>/.kbs-versions`` (0: none, and no version directory is written).
 
         Raises:
-            ValueError: ``layout`` is unknown.
+            ValueError: ``layout`` is unknown, or ``keep_versions`` is negative.
             UnsupportedOperationError: the platform cannot open files relative to a
                 directory descriptor without following symlinks.
             OSError: ``create`` is set and ``root`` could not be created.
@@ -145,6 +173,9 @@ class FileBackend(StorageBackend):
         super().__init__(max_resource_bytes=max_resource_bytes)
         if layout not in ("tree", "flat"):
             raise ValueError(f"unknown file backend layout: {layout!r}")
+        if keep_versions < 0:
+            raise ValueError("keep_versions must not be negative")
+        self.keep_versions = keep_versions
         _require_platform_support()
         self.root = Path(root).absolute()
         self.layout: Layout = layout
@@ -157,8 +188,8 @@ class FileBackend(StorageBackend):
     async def _get(self, desc: ResourceDesc) -> bytes:
         return await asyncio.to_thread(self._get_sync, desc)
 
-    async def _put(self, desc: ResourceDesc, data: bytes) -> None:
-        await asyncio.to_thread(self._put_sync, desc, data)
+    async def _put(self, desc: ResourceDesc, data: bytes) -> str | None:
+        return await asyncio.to_thread(self._put_sync, desc, data)
 
     async def _delete(self, desc: ResourceDesc) -> None:
         await asyncio.to_thread(self._delete_sync, desc)
@@ -169,6 +200,31 @@ class FileBackend(StorageBackend):
     async def _check(self) -> None:
         await asyncio.to_thread(self._check_sync)
 
+    async def _read(self, desc: ResourceDesc) -> VersionedValue:
+        return await asyncio.to_thread(self._read_sync, desc)
+
+    async def _describe(self, desc: ResourceDesc) -> ResourceInfo:
+        return await asyncio.to_thread(self._describe_sync, desc)
+
+    async def _list_info(self) -> builtins.list[ResourceInfo]:
+        return await asyncio.to_thread(self._list_info_sync)
+
+    async def _list_versions(self, desc: ResourceDesc) -> builtins.list[VersionInfo]:
+        self._require_versions()
+        return await asyncio.to_thread(self._list_versions_sync, desc)
+
+    async def _get_version(self, desc: ResourceDesc, version: str) -> bytes:
+        self._require_versions()
+        return await asyncio.to_thread(self._get_version_sync, desc, version)
+
+    async def _delete_version(self, desc: ResourceDesc, version: str) -> None:
+        self._require_versions()
+        await asyncio.to_thread(self._delete_version_sync, desc, version)
+
+    def _require_versions(self) -> None:
+        if self.keep_versions == 0:
+            raise UnsupportedOperationError("file backend keeps no versions (keep_versions = 0)")
+
     # ------------------------------------------------------------------ operations
 
     def _get_sync(self, desc: ResourceDesc) -> bytes:
@@ -178,13 +234,44 @@ class FileBackend(StorageBackend):
             dir_fd, name = parent
             return self._read_file(dir_fd, name, desc)
 
-    def _put_sync(self, desc: ResourceDesc, data: bytes) -> None:
+    def _put_sync(self, desc: ResourceDesc, data: bytes) -> str | None:
         if self.layout == "flat" and len(_flat_name(desc)) > NAME_MAX:
             raise InvalidResourcePathError("resource path too long for the flat layout")
         with self._open_root() as root_fd, self._make_parent(root_fd, desc) as (dir_fd, name):
-            _write_atomically(dir_fd, name, data, desc)
+            if self.keep_versions == 0:
+                _write_atomically(dir_fd, name, data, desc)
+                return None
+            with self._open_versions(root_fd, desc, create=True) as versions_fd:
+                assert versions_fd is not None
+                # 0. One versioned writer per resource at a time, across threads and
+                #    processes (released when the descriptor closes), so the resource file
+                #    always ends up holding the newest version.
+                fcntl.flock(versions_fd, fcntl.LOCK_EX)
+                _mark_created(versions_fd)
+                numbers = _version_numbers(versions_fd)
+                # 1. A value written by hand (or before versioning was on) is archived
+                #    first, so it can be rolled back to.
+                current = self._read_optional(dir_fd, name, desc)
+                newest = numbers[-1] if numbers else 0
+                if current is not None and (
+                    not numbers or self._read_version_file(versions_fd, newest, desc) != current
+                ):
+                    newest = _store_version(versions_fd, newest + 1, current)
+                # 2. The new value as the next version, then 3. in place, atomically.
+                number = _store_version(versions_fd, newest + 1, data)
+                _write_atomically(dir_fd, name, data, desc)
+                # 4. Keep the newest keep_versions + 1.
+                _prune_versions(versions_fd, self.keep_versions + 1)
+                return str(number)
 
     def _delete_sync(self, desc: ResourceDesc) -> None:
+        with self._open_root() as root_fd:
+            # Kept versions go too (even when the resource file is already gone): a
+            # deleted secret must not linger on disk.
+            self._purge_versions(root_fd, desc)
+        self._delete_file_sync(desc)
+
+    def _delete_file_sync(self, desc: ResourceDesc) -> None:
         with self._open_root() as root_fd, self._open_parent(root_fd, desc) as parent:
             if parent is None:
                 raise ResourceNotFoundError("resource not found")
@@ -219,6 +306,183 @@ class FileBackend(StorageBackend):
                                 ResourceDesc(repo, type_, tag) for tag in _regular_files(type_fd)
                             )
             return found
+
+    # ------------------------------------------------------------------ versions
+
+    def _read_sync(self, desc: ResourceDesc) -> VersionedValue:
+        with self._open_root() as root_fd, self._open_parent(root_fd, desc) as parent:
+            if parent is None:
+                raise ResourceNotFoundError("resource not found")
+            dir_fd, name = parent
+            data = self._read_file(dir_fd, name, desc)
+            if self.keep_versions == 0:
+                return VersionedValue(data, None)
+            with self._open_versions(root_fd, desc, create=False) as versions_fd:
+                if versions_fd is None:
+                    return VersionedValue(data, None)
+                number = self._current_number(versions_fd, data, desc)
+        return VersionedValue(data, None if number is None else str(number))
+
+    def _describe_sync(self, desc: ResourceDesc) -> ResourceInfo:
+        with self._open_root() as root_fd, self._open_parent(root_fd, desc) as parent:
+            if parent is None:
+                raise ResourceNotFoundError("resource not found")
+            dir_fd, name = parent
+            data = self._read_file(dir_fd, name, desc)
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+            info = ResourceInfo(
+                desc=desc, backend=self.kind, size=len(data), updated=_mtime(st.st_mtime)
+            )
+            if self.keep_versions == 0:
+                return info
+            with self._open_versions(root_fd, desc, create=False) as versions_fd:
+                if versions_fd is None:
+                    return info
+                number = self._current_number(versions_fd, data, desc)
+                try:
+                    marker = os.stat(CREATED_MARKER, dir_fd=versions_fd, follow_symlinks=False)
+                    created: dt.datetime | None = _mtime(marker.st_mtime)
+                except FileNotFoundError:
+                    created = None
+                count = len(_version_numbers(versions_fd))
+        return ResourceInfo(
+            desc=desc,
+            backend=self.kind,
+            size=len(data),
+            created=created,
+            updated=info.updated,
+            version=None if number is None else str(number),
+            versions=count,
+        )
+
+    def _list_info_sync(self) -> builtins.list[ResourceInfo]:
+        found: builtins.list[ResourceInfo] = []
+        for desc in self._list_sync():
+            try:
+                found.append(self._describe_sync(desc))
+            except (ResourceNotFoundError, ResourceTooLargeError):
+                continue  # deleted while we listed, or unreadable: not listable
+        return found
+
+    def _list_versions_sync(self, desc: ResourceDesc) -> builtins.list[VersionInfo]:
+        with self._open_root() as root_fd, self._open_parent(root_fd, desc) as parent:
+            if parent is None:
+                raise ResourceNotFoundError("resource not found")
+            dir_fd, name = parent
+            data = self._read_file(dir_fd, name, desc)
+            with self._open_versions(root_fd, desc, create=False) as versions_fd:
+                if versions_fd is None:
+                    return []
+                current = self._current_number(versions_fd, data, desc)
+                listed = []
+                for number in reversed(_version_numbers(versions_fd)):
+                    try:
+                        st = os.stat(str(number), dir_fd=versions_fd, follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue  # pruned by a concurrent writer
+                    listed.append(
+                        VersionInfo(
+                            version=str(number),
+                            size=st.st_size,
+                            created=_mtime(st.st_mtime),
+                            current=number == current,
+                        )
+                    )
+        return listed
+
+    def _get_version_sync(self, desc: ResourceDesc, version: str) -> bytes:
+        number = _version_number(version)
+        with (
+            self._open_root() as root_fd,
+            self._open_versions(root_fd, desc, create=False) as versions_fd,
+        ):
+            if versions_fd is None:
+                raise ResourceNotFoundError("resource version not found")
+            try:
+                return self._read_version_file(versions_fd, number, desc)
+            except ResourceNotFoundError:
+                raise ResourceNotFoundError("resource version not found") from None
+
+    def _delete_version_sync(self, desc: ResourceDesc, version: str) -> None:
+        number = _version_number(version)
+        with self._open_root() as root_fd, self._open_parent(root_fd, desc) as parent:
+            if parent is None:
+                raise ResourceNotFoundError("resource not found")
+            dir_fd, name = parent
+            data = self._read_file(dir_fd, name, desc)
+            with self._open_versions(root_fd, desc, create=False) as versions_fd:
+                if versions_fd is None or number not in _version_numbers(versions_fd):
+                    raise ResourceNotFoundError("resource version not found")
+                if self._current_number(versions_fd, data, desc) == number:
+                    raise ResourceConflictError("cannot delete the current version")
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(str(number), dir_fd=versions_fd)
+                os.fsync(versions_fd)
+
+    def _current_number(self, versions_fd: int, data: bytes, desc: ResourceDesc) -> int | None:
+        """The newest kept version whose bytes equal ``data`` (the resource file)."""
+        for number in reversed(_version_numbers(versions_fd)):
+            try:
+                if self._read_version_file(versions_fd, number, desc) == data:
+                    return number
+            except ResourceNotFoundError:
+                continue
+        return None
+
+    def _read_version_file(self, versions_fd: int, number: int, desc: ResourceDesc) -> bytes:
+        return self._read_file(versions_fd, str(number), desc)
+
+    def _read_optional(self, dir_fd: int, name: str, desc: ResourceDesc) -> bytes | None:
+        try:
+            return self._read_file(dir_fd, name, desc)
+        except ResourceNotFoundError:
+            return None
+
+    @contextlib.contextmanager
+    def _open_versions(
+        self, root_fd: int, desc: ResourceDesc, *, create: bool
+    ) -> Iterator[int | None]:
+        """Yield ``<root>/.kbs-versions/<repo>/<type>/<tag>`` (``None`` if missing).
+
+        Raises:
+            StorageUnavailableError: ``create`` and a directory on the way is a symlink.
+        """
+        with contextlib.ExitStack() as stack:
+            dir_fd = root_fd
+            for segment in (VERSIONS_DIR, *desc.segments):
+                if create:
+                    child: int | None = _make_dir(dir_fd, segment, desc)
+                else:
+                    child = _open_dir(dir_fd, segment, desc)
+                    if child is None:
+                        yield None
+                        return
+                assert child is not None
+                stack.callback(os.close, child)
+                dir_fd = child
+            yield dir_fd
+
+    def _purge_versions(self, root_fd: int, desc: ResourceDesc) -> None:
+        with contextlib.ExitStack() as stack:
+            dir_fd = root_fd
+            for segment in (VERSIONS_DIR, desc.repository, desc.type):
+                child = _open_dir(dir_fd, segment, desc)
+                if child is None:
+                    return
+                stack.callback(os.close, child)
+                dir_fd = child
+            tag_fd = _open_dir(dir_fd, desc.tag, desc)
+            if tag_fd is None:
+                return
+            with contextlib.closing(_Fd(tag_fd)):
+                with os.scandir(tag_fd) as entries:
+                    names = [entry.name for entry in entries]
+                for entry_name in names:
+                    with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+                        os.unlink(entry_name, dir_fd=tag_fd)
+            with contextlib.suppress(FileNotFoundError, OSError):
+                os.rmdir(desc.tag, dir_fd=dir_fd)
+            os.fsync(dir_fd)
 
     def _check_sync(self) -> None:
         with self._open_root():
@@ -511,3 +775,87 @@ def _list_flat(root_fd: int) -> list[ResourceDesc]:
             elif entry.is_file(follow_symlinks=False):
                 found.append(ResourceDesc(*segments))
     return found
+
+
+# ---------------------------------------------------------------------- version files
+
+
+def _mtime(seconds: float) -> dt.datetime:
+    return dt.datetime.fromtimestamp(seconds, tz=dt.UTC)
+
+
+def _version_number(version: str) -> int:
+    if not version.isdigit() or len(version) > 18:  # noqa: PLR2004 - fits an int64
+        raise ResourceNotFoundError("resource version not found")
+    return int(version)
+
+
+def _version_numbers(versions_fd: int) -> list[int]:
+    """The version numbers kept in ``versions_fd``, ascending (regular files only)."""
+    numbers: list[int] = []
+    with os.scandir(versions_fd) as entries:
+        for entry in entries:
+            if (
+                entry.name.isdigit()
+                and not entry.name.startswith("0")
+                and entry.is_file(follow_symlinks=False)
+            ):
+                numbers.append(int(entry.name))
+                if len(numbers) > MAX_VERSION_FILES:
+                    raise StorageUnavailableError("too many files in a version directory")
+    return sorted(numbers)
+
+
+def _mark_created(versions_fd: int) -> None:
+    try:
+        fd = os.open(CREATED_MARKER, _TEMP_FLAGS, FILE_MODE, dir_fd=versions_fd)
+    except FileExistsError:
+        return
+    os.close(fd)
+
+
+def _store_version(versions_fd: int, first: int, data: bytes) -> int:
+    """Store ``data`` as version ``first`` (or the next free number); return the number.
+
+    The bytes go to a temporary file that is fsynced and then hard-linked under its
+    number: ``link`` fails instead of replacing, so concurrent writers never share or
+    overwrite a version, and a reader never sees a partial one.
+    """
+    fd, temp_name = _create_temp(versions_fd)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        number = first
+        for _ in range(MAX_TEMP_ATTEMPTS):
+            try:
+                os.link(
+                    temp_name,
+                    str(number),
+                    src_dir_fd=versions_fd,
+                    dst_dir_fd=versions_fd,
+                    follow_symlinks=False,
+                )
+                break
+            except FileExistsError:
+                number += 1
+        else:
+            raise StorageUnavailableError("could not allocate a version number")
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(temp_name, dir_fd=versions_fd)
+    os.fsync(versions_fd)
+    return number
+
+
+def _prune_versions(versions_fd: int, keep: int) -> None:
+    numbers = _version_numbers(versions_fd)
+    for number in numbers[: max(0, len(numbers) - keep)]:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(str(number), dir_fd=versions_fd)
+    os.fsync(versions_fd)

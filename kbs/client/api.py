@@ -42,6 +42,8 @@ PROTOCOL_VERSION: Final = "0.4.0"
 GET_RESOURCE_MAX_ATTEMPTS: Final = 3
 #: Default HTTP timeout, seconds.
 DEFAULT_TIMEOUT_S: Final = 30.0
+#: Header in which the server names the version a resource write created.
+VERSION_HEADER: Final = "X-Kbs-Resource-Version"
 
 
 class KbsClientError(Exception):
@@ -270,8 +272,12 @@ class AdminClient:
         http: httpx.AsyncClient | None = None,
         verify: bool | str = True,
         timeout: float = DEFAULT_TIMEOUT_S,
+        role_claim: str = "role",
     ) -> None:
         """Authenticate with ``token``, or sign short-lived tokens with ``private_key_pem``.
+
+        Signed tokens carry ``role`` in the claim ``role_claim`` (a comma-separated
+        ``role`` becomes a list, for ``groups``-style claims).
 
         Raises:
             ValueError: neither or both of ``token`` and ``private_key_pem`` are given.
@@ -282,6 +288,7 @@ class AdminClient:
         self._token = token
         self._key_pem = private_key_pem
         self._role = role
+        self._role_claim = role_claim
         self._issuer = issuer
         self._audience = audience
         self._http = http or httpx.AsyncClient(verify=verify, timeout=timeout)
@@ -312,8 +319,9 @@ class AdminClient:
         else:
             raise ValueError("admin key must be Ed25519, EC P-256 or RSA")
         now = dt.datetime.now(dt.UTC)  # noqa: TID251 - the client signs with its own clock
+        roles = [r for r in self._role.split(",") if r]
         claims: dict[str, Any] = {
-            "role": self._role,
+            self._role_claim: self._role if len(roles) == 1 else roles,
             "iat": int(now.timestamp()),
             "exp": int(now.timestamp()) + 300,
         }
@@ -323,21 +331,168 @@ class AdminClient:
             claims["aud"] = [self._audience]
         return jwt.encode(claims, key, algorithm=alg)
 
-    async def set_resource(self, path: str, data: bytes) -> None:
-        """Store ``data`` at ``repo/type/tag``."""
+    async def set_resource(self, path: str, data: bytes) -> str | None:
+        """Store ``data`` at ``repo/type/tag``; return the new version id, if any."""
         response = await self._http.post(
             f"{self.base}/resource/{parse_resource_uri(path)}",
             content=data,
             headers={**self._headers(), "Content-Type": "application/octet-stream"},
         )
         _raise_for(response, "set resource")
+        version: str | None = response.headers.get(VERSION_HEADER)
+        return version
 
-    async def delete_resource(self, path: str) -> None:
-        """Delete ``repo/type/tag``."""
+    async def delete_resource(self, path: str, *, version: str | None = None) -> None:
+        """Delete ``repo/type/tag`` (and its kept versions), or only one kept ``version``."""
+        params = {"version": version} if version is not None else None
         response = await self._http.delete(
-            f"{self.base}/resource/{parse_resource_uri(path)}", headers=self._headers()
+            f"{self.base}/resource/{parse_resource_uri(path)}",
+            params=params,
+            headers=self._headers(),
         )
         _raise_for(response, "delete resource")
+
+    async def list_resources(
+        self, *, prefix: str | None = None, paths_only: bool = False
+    ) -> list[Any]:
+        """Resources the caller may read, with metadata (or only their paths)."""
+        params = {k: v for k, v in (("prefix", prefix),) if v is not None}
+        if paths_only:
+            params["format"] = "paths"
+        response = await self._http.get(
+            f"{self.base}/resource", params=params, headers=self._headers()
+        )
+        _raise_for(response, "list resources")
+        listed: list[Any] = response.json()
+        return listed
+
+    async def resource_versions(self, path: str) -> dict[str, Any]:
+        """Metadata of ``repo/type/tag`` and of its kept versions."""
+        response = await self._http.get(
+            f"{self.base}/resource-versions/{parse_resource_uri(path)}", headers=self._headers()
+        )
+        _raise_for(response, "resource versions")
+        body: dict[str, Any] = response.json()
+        return body
+
+    async def get_resource_version(self, path: str, version: str) -> bytes:
+        """The value of one kept version of ``repo/type/tag`` (admin read)."""
+        response = await self._http.get(
+            f"{self.base}/resource/{parse_resource_uri(path)}",
+            params={"version": version},
+            headers=self._headers(),
+        )
+        _raise_for(response, "get resource version")
+        return response.content
+
+    async def rollback_resource(self, path: str, version: str) -> dict[str, Any]:
+        """Make kept ``version`` of ``repo/type/tag`` current again."""
+        response = await self._http.post(
+            f"{self.base}/resource-rollback/{parse_resource_uri(path)}",
+            json={"version": version},
+            headers=self._headers(),
+        )
+        _raise_for(response, "rollback resource")
+        body: dict[str, Any] = response.json()
+        return body
+
+    async def set_release_policy(
+        self,
+        prefix: str,
+        *,
+        rego: str | None = None,
+        allow_list: Mapping[str, Sequence[str]] | None = None,
+    ) -> dict[str, Any]:
+        """Attach a release policy (Rego text, or an allow list) to a path pattern."""
+        if (rego is None) == (allow_list is None):
+            raise ValueError("give exactly one of rego and allow_list")
+        body: dict[str, Any] = {"prefix": prefix}
+        if rego is not None:
+            body["policy"] = _b64url(rego.encode())
+        else:
+            body["allow_list"] = {k: list(v) for k, v in (allow_list or {}).items()}
+        response = await self._http.post(
+            f"{self.base}/release-policy", json=body, headers=self._headers()
+        )
+        _raise_for(response, "set release policy")
+        stored: dict[str, Any] = response.json()
+        return stored
+
+    async def list_release_policies(self) -> list[dict[str, Any]]:
+        """The release policies the caller may see (metadata)."""
+        response = await self._http.get(f"{self.base}/release-policy", headers=self._headers())
+        _raise_for(response, "list release policies")
+        listed: list[dict[str, Any]] = response.json()
+        return listed
+
+    async def get_release_policy(self, prefix: str) -> dict[str, Any]:
+        """One release policy; ``rego`` holds its decoded text."""
+        response = await self._http.get(
+            f"{self.base}/release-policy", params={"prefix": prefix}, headers=self._headers()
+        )
+        _raise_for(response, "get release policy")
+        body: dict[str, Any] = response.json()
+        encoded = str(body.get("policy", ""))
+        body["rego"] = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4)).decode()
+        return body
+
+    async def delete_release_policy(self, prefix: str) -> None:
+        """Remove the release policy on ``prefix``."""
+        response = await self._http.delete(
+            f"{self.base}/release-policy", params={"prefix": prefix}, headers=self._headers()
+        )
+        _raise_for(response, "delete release policy")
+
+    async def explain(
+        self,
+        resource: str,
+        *,
+        token: str | None = None,
+        claims: Mapping[str, Any] | None = None,
+        query: Mapping[str, str] | None = None,
+    ) -> dict[str, Any]:
+        """Why ``resource`` would (not) be released for ``token`` (or ``claims``)."""
+        if (token is None) == (claims is None):
+            raise ValueError("give exactly one of token and claims")
+        body: dict[str, Any] = {"resource": parse_resource_uri(resource)}
+        if token is not None:
+            body["token"] = token
+        else:
+            body["claims"] = dict(claims or {})
+        if query:
+            body["query"] = dict(query)
+        response = await self._http.post(f"{self.base}/explain", json=body, headers=self._headers())
+        _raise_for(response, "explain")
+        explained: dict[str, Any] = response.json()
+        return explained
+
+    async def audit(self, **filters: str | int | None) -> dict[str, Any]:
+        """One page of audit records.
+
+        Filters: kind, action, outcome, actor, request_id, resource (a path pattern),
+        since, until (RFC 3339), after, before (sequence numbers), limit, order.
+        """
+        params = {k: str(v) for k, v in filters.items() if v is not None}
+        response = await self._http.get(
+            f"{self.base}/audit", params=params, headers=self._headers()
+        )
+        _raise_for(response, "audit")
+        page: dict[str, Any] = response.json()
+        return page
+
+    async def audit_verify(self) -> dict[str, Any]:
+        """The server's check of the whole audit chain."""
+        response = await self._http.get(f"{self.base}/audit/verify", headers=self._headers())
+        _raise_for(response, "audit verify")
+        report: dict[str, Any] = response.json()
+        return report
+
+    async def whoami(self) -> dict[str, Any]:
+        """The caller's identity and grants as the server sees them."""
+        response = await self._http.get(f"{self.base}/admin/whoami", headers=self._headers())
+        _raise_for(response, "whoami")
+        body: dict[str, Any] = response.json()
+        return body
 
     async def set_resource_policy(self, rego: str) -> None:
         """Install ``rego`` as the resource policy."""

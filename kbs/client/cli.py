@@ -5,10 +5,15 @@ Guest side, as confidential-data-hub does it::
 
     kbs-client --url http://127.0.0.1:8080 get-resource --resource-uri kbs:///cai/sample/password
 
-prints the secret in standard base64. Admin side::
+prints the secret in standard base64. Admin side (``config``, also spelled ``admin``)::
 
     kbs-client --url URL config --auth-private-key admin.key set-resource \\
         --path cai/sample/password --resource-file password.txt
+    kbs-client --url URL admin --admin-token-file token list-resources --prefix 'cai/*'
+
+Trustee's ``config`` commands keep their names and options; the key-admin commands
+(resource versions and rollback, release policies, explain, audit) are ours and print
+JSON. See docs/admin.md.
 """
 
 from __future__ import annotations
@@ -19,8 +24,9 @@ import base64
 import json
 import os
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from kbs import __version__
 from kbs.client.api import (
@@ -111,6 +117,7 @@ def _admin(args: argparse.Namespace) -> AdminClient:
             args.url,
             private_key_pem=Path(args.auth_private_key).read_bytes(),
             role=args.role,
+            role_claim=args.role_claim,
             issuer=args.issuer,
             audience=args.audience,
             verify=_verify(args),
@@ -130,14 +137,157 @@ def _sample_value(args: argparse.Namespace) -> Any:
     return value if args.as_single_value else [value]
 
 
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, sort_keys=True))
+
+
+def _allow_list(args: argparse.Namespace) -> dict[str, list[str]] | None:
+    allow: dict[str, list[str]] = {}
+    if args.allow_list_file:
+        loaded = json.loads(Path(args.allow_list_file).read_text())
+        if not isinstance(loaded, dict):
+            raise ValueError("the allow-list file must hold a JSON object")
+        allow.update(loaded)
+    for member in ("mr_td", "tcb_status", "tee", "ear_status"):
+        values = getattr(args, member)
+        if values:
+            allow.setdefault(member, []).extend(values)
+    for item in args.rtmr or []:
+        index, sep, value = item.partition("=")
+        if not sep or index not in ("0", "1", "2", "3"):
+            raise ValueError("--rtmr takes N=HEX with N in 0..3")
+        allow.setdefault(f"rtmr_{index}", []).append(value)
+    return allow or None
+
+
+async def _list_resources(admin: AdminClient, args: argparse.Namespace) -> None:
+    _print_json(await admin.list_resources(prefix=args.prefix, paths_only=args.paths))
+
+
+async def _resource_versions(admin: AdminClient, args: argparse.Namespace) -> None:
+    _print_json(await admin.resource_versions(args.path))
+
+
+async def _get_resource_version(admin: AdminClient, args: argparse.Namespace) -> None:
+    data = await admin.get_resource_version(args.path, args.version)
+    if not args.output:
+        print(base64.b64encode(data).decode())
+        return
+    fd = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+
+
+async def _rollback_resource(admin: AdminClient, args: argparse.Namespace) -> None:
+    _print_json(await admin.rollback_resource(args.path, args.version))
+
+
+async def _set_release_policy(admin: AdminClient, args: argparse.Namespace) -> None:
+    allow = _allow_list(args)
+    if (args.policy_file is None) == (allow is None):
+        raise ValueError("give --policy-file, or an allow list (--allow-list-file, --mr-td...)")
+    rego = Path(args.policy_file).read_text() if args.policy_file else None
+    _print_json(await admin.set_release_policy(args.prefix, rego=rego, allow_list=allow))
+
+
+async def _get_release_policy(admin: AdminClient, args: argparse.Namespace) -> None:
+    policy = await admin.get_release_policy(args.prefix)
+    if args.text:
+        print(policy["rego"], end="")
+        return
+    policy.pop("policy", None)
+    _print_json(policy)
+
+
+async def _list_release_policies(admin: AdminClient, args: argparse.Namespace) -> None:
+    del args
+    _print_json(await admin.list_release_policies())
+
+
+async def _delete_release_policy(admin: AdminClient, args: argparse.Namespace) -> None:
+    await admin.delete_release_policy(args.prefix)
+
+
+async def _explain(admin: AdminClient, args: argparse.Namespace) -> None:
+    token = Path(args.token_file).read_text().strip() if args.token_file else None
+    claims = json.loads(Path(args.claims_file).read_text()) if args.claims_file else None
+    query = dict(item.split("=", 1) for item in args.query or [])
+    explained = await admin.explain(args.path, token=token, claims=claims, query=query)
+    if not args.with_input:
+        explained.pop("input", None)
+        for appraisal in explained.get("appraisals", {}).values():
+            appraisal.pop("input", None)
+    _print_json(explained)
+
+
+async def _audit_verify(admin: AdminClient, args: argparse.Namespace) -> None:
+    del args
+    report = await admin.audit_verify()
+    _print_json(report)
+    if not report.get("ok"):
+        raise SystemExit(1)
+
+
+async def _whoami(admin: AdminClient, args: argparse.Namespace) -> None:
+    del args
+    _print_json(await admin.whoami())
+
+
+async def _audit(admin: AdminClient, args: argparse.Namespace) -> None:
+    filters: dict[str, str | int | None] = {
+        "kind": args.kind,
+        "action": args.action,
+        "outcome": args.outcome,
+        "actor": args.actor,
+        "request_id": args.request_id,
+        "resource": args.resource,
+        "since": args.since,
+        "until": args.until,
+        "after": args.after,
+        "before": args.before,
+        "limit": args.limit,
+        "order": args.order,
+    }
+    records: list[Any] = []
+    while True:
+        page = await admin.audit(**filters)
+        records.extend(page["records"])
+        if not args.all or page.get("next") is None:
+            break
+        filters["before" if args.order == "desc" else "after"] = page["next"]
+    _print_json({"records": records, "next": None if args.all else page.get("next")})
+
+
+_KEYADMIN_COMMANDS: Final[
+    dict[str, Callable[[AdminClient, argparse.Namespace], Awaitable[None]]]
+] = {
+    "list-resources": _list_resources,
+    "resource-versions": _resource_versions,
+    "get-resource-version": _get_resource_version,
+    "rollback-resource": _rollback_resource,
+    "set-release-policy": _set_release_policy,
+    "get-release-policy": _get_release_policy,
+    "list-release-policies": _list_release_policies,
+    "delete-release-policy": _delete_release_policy,
+    "explain": _explain,
+    "audit": _audit,
+    "audit-verify": _audit_verify,
+    "whoami": _whoami,
+}
+
+
 async def _config(args: argparse.Namespace) -> int:
     admin = _admin(args)
     try:
+        keyadmin = _KEYADMIN_COMMANDS.get(args.config_command)
+        if keyadmin is not None:
+            await keyadmin(admin, args)
+            return 0
         cmd = args.config_command
         if cmd == "set-resource":
             await admin.set_resource(args.path, Path(args.resource_file).read_bytes())
         elif cmd == "delete-resource":
-            await admin.delete_resource(args.path)
+            await admin.delete_resource(args.path, version=args.version)
         elif cmd == "set-resource-policy":
             await admin.set_resource_policy(Path(args.policy_file).read_text())
         elif cmd == "get-resource-policy":
@@ -211,19 +361,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_guest_options(attest)
     attest.set_defaults(func=_attest)
 
-    config = sub.add_parser("config", help="admin operations")
-    auth = config.add_mutually_exclusive_group()
-    auth.add_argument("--auth-private-key", help="admin private key (PEM) to sign tokens with")
-    auth.add_argument("--admin-token-file", help="file holding an admin Bearer token")
-    config.add_argument("--role", default="admin", help="role claim of signed admin tokens")
-    config.add_argument("--issuer", help="iss claim of signed admin tokens")
-    config.add_argument("--audience", help="aud claim of signed admin tokens")
+    config = sub.add_parser("config", aliases=["admin"], help="admin operations")
+    _add_admin_auth_options(config)
     config.set_defaults(func=_config)
     csub = config.add_subparsers(dest="config_command", required=True)
     p = csub.add_parser("set-resource", help="store a secret")
     p.add_argument("--path", required=True, help="<repository>/<type>/<tag>")
     p.add_argument("--resource-file", required=True)
-    p = csub.add_parser("delete-resource", help="delete a secret")
+    p = csub.add_parser("delete-resource", help="delete a secret (or one kept version)")
     p.add_argument("--path", required=True)
     p = csub.add_parser("set-resource-policy", help="install the resource policy (Rego)")
     p.add_argument("--policy-file", required=True)
@@ -243,7 +388,68 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--values-file", required=True)
     p = csub.add_parser("get-reference-value", help="print a reference value")
     p.add_argument("--id", required=True)
+    _add_keyadmin_commands(csub)
     return parser
+
+
+def _add_admin_auth_options(config: argparse.ArgumentParser) -> None:
+    auth = config.add_mutually_exclusive_group()
+    auth.add_argument("--auth-private-key", help="admin private key (PEM) to sign tokens with")
+    auth.add_argument("--admin-token-file", help="file holding an admin Bearer token")
+    config.add_argument("--role", default="admin", help="role(s) of signed admin tokens")
+    config.add_argument("--role-claim", default="role", help="claim the role goes in (ours)")
+    config.add_argument("--issuer", help="iss claim of signed admin tokens")
+    config.add_argument("--audience", help="aud claim of signed admin tokens")
+
+
+def _add_keyadmin_commands(csub: Any) -> None:
+    csub.choices["delete-resource"].add_argument(
+        "--version", help="delete only this kept version (ours)"
+    )
+    p = csub.add_parser("list-resources", help="resources with metadata (never values)")
+    p.add_argument("--prefix", help="only under this path pattern, e.g. 'cai/*'")
+    p.add_argument("--paths", action="store_true", help="only the paths (Trustee's list)")
+    p = csub.add_parser("resource-versions", help="a resource's metadata and kept versions")
+    p.add_argument("--path", required=True)
+    p = csub.add_parser("get-resource-version", help="read one kept version (base64)")
+    p.add_argument("--path", required=True)
+    p.add_argument("--version", required=True)
+    p.add_argument("--output", help="write the raw value here (mode 0600) instead")
+    p = csub.add_parser("rollback-resource", help="make a kept version current again")
+    p.add_argument("--path", required=True)
+    p.add_argument("--version", required=True)
+    p = csub.add_parser("set-release-policy", help="attach a release policy to a path pattern")
+    p.add_argument("--prefix", required=True, help="path pattern, e.g. 'cai/*'")
+    p.add_argument("--policy-file", help="a Rego policy (package policy, rule allow)")
+    p.add_argument("--allow-list-file", help="an allow list as JSON")
+    p.add_argument("--mr-td", action="append", help="accepted MRTD (hex, repeatable)")
+    p.add_argument("--rtmr", action="append", metavar="N=HEX", help="accepted RTMR N value")
+    p.add_argument("--tcb-status", action="append", help="accepted TCB status (UpToDate...)")
+    p.add_argument("--tee", action="append", help="accepted evidence type (tdx...)")
+    p.add_argument("--ear-status", action="append", help="accepted EAR status (affirming...)")
+    p = csub.add_parser("get-release-policy", help="show one release policy")
+    p.add_argument("--prefix", required=True)
+    p.add_argument("--text", action="store_true", help="print only the Rego text")
+    csub.add_parser("list-release-policies", help="list release policies")
+    p = csub.add_parser("delete-release-policy", help="remove a release policy")
+    p.add_argument("--prefix", required=True)
+    p = csub.add_parser("explain", help="why a resource would (not) be released to a token")
+    p.add_argument("--path", required=True, help="<repository>/<type>/<tag>")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--token-file", help="an attestation token")
+    src.add_argument("--claims-file", help="a token's claims as JSON")
+    p.add_argument("--query", action="append", metavar="K=V", help="request query parameter")
+    p.add_argument("--with-input", action="store_true", help="include the evaluated input")
+    p = csub.add_parser("audit", help="query the audit trail")
+    for name in ("kind", "action", "outcome", "actor", "request-id", "resource", "since", "until"):
+        p.add_argument(f"--{name}")
+    p.add_argument("--after", type=int)
+    p.add_argument("--before", type=int)
+    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--order", choices=["asc", "desc"], default="desc")
+    p.add_argument("--all", action="store_true", help="follow the pages to the end")
+    csub.add_parser("audit-verify", help="ask the server to verify the audit chain")
+    csub.add_parser("whoami", help="the identity and grants the server sees")
 
 
 def main(argv: list[str] | None = None) -> int:

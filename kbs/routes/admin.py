@@ -2,7 +2,11 @@
 """Trustee-compatible admin endpoints: policies and reference values.
 
 Policies travel as URL-safe base64 without padding (padding is tolerated); reference
-values as RVPS messages. Every call is authorised by the ``[admin]`` configuration.
+values as RVPS messages. Every call is authorised by the ``[admin]`` configuration and,
+when grants are configured, needs the ``policy`` action on ``*`` (kbs/scopes.py).
+
+:func:`require_admin` is how routes authorise admins: authentication and Trustee's regex
+ACL first, then the action on the resource scope.
 """
 
 from __future__ import annotations
@@ -10,6 +14,8 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import hashlib
+import json
 import logging
 import re
 from typing import Any, Final
@@ -18,15 +24,18 @@ from fastapi import APIRouter, Request, Response
 
 from kbs.admin_auth import AdminIdentity
 from kbs.deps import StateDep, json_response, read_json
-from kbs.errors import ParsePolicyError, RvpsError
+from kbs.errors import AdminAuthError, ParsePolicyError, RvpsError
+from kbs.routes.audit_hooks import failure_recorded, record_admin
+from kbs.scopes import GLOBAL, PathPattern
 from kbs.state import KbsState
 from kbs.stores import ATTESTATION_NAMESPACE, RESOURCE_NAMESPACE
-from policy.defaults import DEFAULT_RESOURCE_POLICY_ID
+from policy.defaults import DEFAULT_RESOURCE_POLICY_ID, policy_hash
 from policy.reference_values import parse_message as parse_rvps_message
+from storage_backends.base import ResourceDesc
 
 _logger = logging.getLogger(__name__)
 
-__all__ = ["admin_identity", "router"]
+__all__ = ["admin_identity", "check_permission", "require_admin", "router"]
 
 router = APIRouter()
 
@@ -40,19 +49,86 @@ _ERRORS: Final[dict[int | str, dict[str, Any]]] = {
 }
 
 
-def admin_identity(
-    request: Request, state: KbsState, *, endpoint: str, at: dt.datetime
-) -> AdminIdentity:
-    """Authorise an admin request or raise ``AdminAuthError``."""
+def _uri(request: Request) -> str:
     uri = request.url.path
     if request.url.query:
         uri = f"{uri}?{request.url.query}"
-    return state.admin.authorize(
-        uri=uri,
+    return uri
+
+
+def check_permission(
+    identity: AdminIdentity,
+    *,
+    endpoint: str,
+    action: str,
+    scope: ResourceDesc | PathPattern = GLOBAL,
+) -> None:
+    """Refuse unless ``identity`` holds ``action`` on ``scope``.
+
+    Raises:
+        AdminAuthError: the action is not granted there.
+    """
+    if not identity.permissions.allows(action, scope):
+        raise AdminAuthError(
+            f"admin access denied for endpoint {endpoint}: role "
+            f"{','.join(identity.roles) or '-'} may not {action} {scope}"
+        )
+
+
+def admin_identity(
+    request: Request,
+    state: KbsState,
+    *,
+    endpoint: str,
+    at: dt.datetime,
+    action: str = "policy",
+    scope: ResourceDesc | PathPattern = GLOBAL,
+) -> AdminIdentity:
+    """Authorise an admin request with the keys at hand, or raise ``AdminAuthError``.
+
+    Prefer :func:`require_admin`, which also fetches identity provider keys when a token
+    names an unknown key id. Without ``action``, an endpoint is a global ``policy`` one.
+    """
+    identity = state.admin.authorize(
+        uri=_uri(request),
         authorization=request.headers.get("authorization"),
         endpoint=endpoint,
         at=at,
     )
+    check_permission(identity, endpoint=endpoint, action=action, scope=scope)
+    return identity
+
+
+async def require_admin(
+    request: Request,
+    state: KbsState,
+    *,
+    endpoint: str,
+    at: dt.datetime,
+    action: str | None,
+    scope: ResourceDesc | PathPattern = GLOBAL,
+) -> AdminIdentity:
+    """Authenticate an admin request and check ``action`` on ``scope``.
+
+    ``action=None`` only authenticates (and applies the regex ACL): the caller filters
+    what it shows by the identity's permissions (listings).
+
+    Raises:
+        AdminAuthError: not authenticated, not allowed by the ACL, or not granted.
+    """
+    identity = await state.admin.authorize_async(
+        uri=_uri(request),
+        authorization=request.headers.get("authorization"),
+        endpoint=endpoint,
+        at=at,
+    )
+    if action is not None:
+        check_permission(identity, endpoint=endpoint, action=action, scope=scope)
+    return identity
+
+
+def _sha384(text: str | None) -> str | None:
+    return None if text is None else policy_hash(text)
 
 
 def _decode_policy(value: Any) -> str:
@@ -73,13 +149,27 @@ def _decode_policy(value: Any) -> str:
 async def set_resource_policy(request: Request, state: StateDep) -> Response:
     """Compile and store ``{"policy": "<base64url rego>"}`` as the resource policy."""
     at = state.clock.now()
-    identity = admin_identity(request, state, endpoint="resource-policy", at=at)
+    identity = await require_admin(
+        request, state, endpoint="resource-policy", at=at, action="policy"
+    )
     body = await read_json(request, state.body_limit)
     if not isinstance(body, dict):
         raise ParsePolicyError("Failed to parse policy: body must be a JSON object")
     text = _decode_policy(body.get("policy"))
     state.policy_engine.validate(text)
-    await state.policies.set(RESOURCE_NAMESPACE, DEFAULT_RESOURCE_POLICY_ID, text, at=at)
+    before = await state.policies.get(RESOURCE_NAMESPACE, DEFAULT_RESOURCE_POLICY_ID)
+    await record_admin(
+        state,
+        request,
+        identity,
+        action="resource-policy.set",
+        resource=None,
+        detail={"before": _sha384(before), "after": _sha384(text)},
+    )
+    async with failure_recorded(
+        state, request, identity, action="resource-policy.set", resource=None
+    ):
+        await state.policies.set(RESOURCE_NAMESPACE, DEFAULT_RESOURCE_POLICY_ID, text, at=at)
     _logger.info("admin %s set the resource policy", identity.subject)
     return Response(status_code=200)
 
@@ -88,7 +178,7 @@ async def set_resource_policy(request: Request, state: StateDep) -> Response:
 async def get_resource_policy(request: Request, state: StateDep) -> Response:
     """Answer with the ids of the stored resource policies (v0.19+ behaviour)."""
     at = state.clock.now()
-    admin_identity(request, state, endpoint="resource-policy", at=at)
+    await require_admin(request, state, endpoint="resource-policy", at=at, action="policy")
     return json_response(await state.policies.list(RESOURCE_NAMESPACE))
 
 
@@ -96,7 +186,9 @@ async def get_resource_policy(request: Request, state: StateDep) -> Response:
 async def set_attestation_policy(request: Request, state: StateDep) -> Response:
     """Compile and store ``{"type": "rego", "policy_id": ..., "policy": ...}``."""
     at = state.clock.now()
-    identity = admin_identity(request, state, endpoint="attestation-policy", at=at)
+    identity = await require_admin(
+        request, state, endpoint="attestation-policy", at=at, action="policy"
+    )
     body = await read_json(request, state.body_limit)
     if not isinstance(body, dict):
         raise ParsePolicyError("Failed to parse policy: body must be a JSON object")
@@ -105,7 +197,19 @@ async def set_attestation_policy(request: Request, state: StateDep) -> Response:
         raise ParsePolicyError("Failed to parse policy: policy_id is missing or invalid")
     text = _decode_policy(body.get("policy"))
     state.policy_engine.validate(text)
-    await state.policies.set(ATTESTATION_NAMESPACE, policy_id, text, at=at)
+    before = await state.policies.get(ATTESTATION_NAMESPACE, policy_id)
+    await record_admin(
+        state,
+        request,
+        identity,
+        action="attestation-policy.set",
+        resource=None,
+        detail={"policy_id": policy_id, "before": _sha384(before), "after": _sha384(text)},
+    )
+    async with failure_recorded(
+        state, request, identity, action="attestation-policy.set", resource=None
+    ):
+        await state.policies.set(ATTESTATION_NAMESPACE, policy_id, text, at=at)
     _logger.info("admin %s set attestation policy %s", identity.subject, policy_id)
     return Response(status_code=200)
 
@@ -114,10 +218,30 @@ async def set_attestation_policy(request: Request, state: StateDep) -> Response:
 async def set_reference_value(request: Request, state: StateDep) -> Response:
     """Register the reference values of an RVPS message."""
     at = state.clock.now()
-    identity = admin_identity(request, state, endpoint="reference-value", at=at)
+    identity = await require_admin(
+        request, state, endpoint="reference-value", at=at, action="policy"
+    )
     message = await read_json(request, state.body_limit)
     values = parse_rvps_message(message, at=at)
-    await state.reference_values.put(values, at=at)
+    await record_admin(
+        state,
+        request,
+        identity,
+        action="reference-value.set",
+        resource=None,
+        detail={
+            "values": {
+                rv.name: hashlib.sha256(
+                    json.dumps(rv.value, sort_keys=True, separators=(",", ":")).encode()
+                ).hexdigest()
+                for rv in values
+            }
+        },
+    )
+    async with failure_recorded(
+        state, request, identity, action="reference-value.set", resource=None
+    ):
+        await state.reference_values.put(values, at=at)
     _logger.info(
         "admin %s registered reference values %s",
         identity.subject,
@@ -132,7 +256,7 @@ async def set_reference_value(request: Request, state: StateDep) -> Response:
 async def get_reference_value(rv_id: str, request: Request, state: StateDep) -> Response:
     """Answer with the stored value JSON."""
     at = state.clock.now()
-    admin_identity(request, state, endpoint="reference-value", at=at)
+    await require_admin(request, state, endpoint="reference-value", at=at, action="policy")
     found, value = await state.reference_values.get(rv_id, at=at)
     if not found:
         raise RvpsError(f"RVPS configuration failed: reference value {rv_id!r} not found")

@@ -21,6 +21,7 @@ from kbs.protocol import (
     runtime_data,
     runtime_digest,
 )
+from kbs.routes.audit_hooks import audited_attestation
 from kbs.routes.auth import session_cookie
 
 _logger = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ def _additional_devices(additional: str) -> dict[str, Any]:
         503: {"description": "The evidence could not be checked (e.g. no DCAP collateral)"},
     },
 )
+@audited_attestation
 async def attest(request: Request, state: StateDep) -> Response:
     """Verify the attestation against the session's challenge and return a token."""
     at = state.clock.now()

@@ -45,6 +45,7 @@ class _Entry:
     value: bytes | None  # None: the secret is known not to exist
     fetched_at: float
     retry_not_before: float = 0.0
+    version: str | None = None  # the KMS version id of ``value``, when known
 
     def __repr__(self) -> str:
         return f"_Entry(fetched_at={self.fetched_at}, missing={self.value is None})"
@@ -118,9 +119,14 @@ class SecretCache:
         if entry is not None:
             entry.retry_not_before = self._monotonic() + self._stale_refresh_interval
 
-    def store(self, name: str, value: bytes) -> None:
-        """Remember a freshly fetched value."""
-        self._put(name, _Entry(value=value, fetched_at=self._monotonic()))
+    def store(self, name: str, value: bytes, *, version: str | None = None) -> None:
+        """Remember a freshly fetched value (and the id of its version, if known)."""
+        self._put(name, _Entry(value=value, fetched_at=self._monotonic(), version=version))
+
+    def version_of(self, name: str) -> str | None:
+        """The version id stored with the value of ``name`` (no state change, no lookup)."""
+        entry = self._entries.get(name)
+        return entry.version if entry is not None else None
 
     def store_missing(self, name: str) -> None:
         """Remember that ``name`` does not exist (drops any value)."""

@@ -32,11 +32,14 @@ __all__ = [
     "CODE_THROTTLING",
     "ErrorKind",
     "KmsRequestError",
+    "SecretDescription",
     "SecretManager",
     "SecretPage",
     "SecretReader",
     "SecretSummary",
     "SecretValue",
+    "SecretVersion",
+    "SecretVersionPage",
     "classify_response_error",
 ]
 
@@ -183,6 +186,37 @@ class SecretSummary:
     name: str
     #: Set when the secret is scheduled for deletion (it no longer counts as stored).
     planned_delete_time: str | None = None
+    #: ``CreateTime`` / ``UpdateTime`` as the service wrote them (ISO 8601), if present.
+    create_time: str | None = None
+    update_time: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SecretDescription:
+    """DescribeSecret: the secret's metadata (no value)."""
+
+    name: str
+    create_time: str | None = None
+    update_time: str | None = None
+    planned_delete_time: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SecretVersion:
+    """One entry of a ListSecretVersionIds page."""
+
+    version_id: str
+    create_time: str | None
+    #: Stage labels (``ACSCurrent``, ``ACSPrevious``, custom); empty: deprecated.
+    stages: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SecretVersionPage:
+    """One ListSecretVersionIds page."""
+
+    versions: tuple[SecretVersion, ...]
+    total_count: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,6 +295,42 @@ class SecretManager(SecretReader, Protocol):
         self, *, page_number: int, page_size: int, kms_instance_id: str | None
     ) -> SecretPage:
         """Return one page of secret names (optionally only those in one KMS instance).
+
+        Raises:
+            KmsRequestError: the call failed.
+        """
+        ...
+
+    async def get_secret_version(self, name: str, *, version_id: str) -> SecretValue:
+        """Return one version of ``name`` by id (GetSecretValue with ``VersionId``).
+
+        Raises:
+            KmsRequestError: the call failed (``NOT_FOUND`` for an unknown version).
+        """
+        ...
+
+    async def list_secret_versions(
+        self, name: str, *, page_number: int, page_size: int
+    ) -> SecretVersionPage:
+        """Return one page of the versions of ``name``, deprecated ones included.
+
+        Raises:
+            KmsRequestError: the call failed.
+        """
+        ...
+
+    async def move_current_stage(
+        self, name: str, *, to_version: str, from_version: str | None
+    ) -> None:
+        """Move the ``ACSCurrent`` stage from one version to another (UpdateSecretVersionStage).
+
+        Raises:
+            KmsRequestError: the call failed.
+        """
+        ...
+
+    async def describe_secret(self, name: str) -> SecretDescription:
+        """Return the metadata of ``name`` (DescribeSecret).
 
         Raises:
             KmsRequestError: the call failed.

@@ -14,6 +14,13 @@ byte-identical to the reference; for ``SecretDataType=binary`` the base64-decode
 ``put`` stores bytes that are valid UTF-8 as a ``text`` secret and anything else as a
 ``binary`` secret holding base64, so ``get`` returns exactly what was put either way.
 
+Versions are KMS's own: ``put`` returns the new version id (``kbs-<32 hex>``);
+``list_versions`` is ListSecretVersionIds (versions without a stage included),
+``get_version`` is GetSecretValue by ``VersionId``, and ``restore_version`` moves the
+``ACSCurrent`` stage back to the old version with UpdateSecretVersionStage (no new
+version is written). KMS decides how long versions without a stage are kept; single
+versions cannot be deleted. These operations, like writes, need the shared gateway.
+
 Failure behaviour: every KMS call has timeouts and bounded, jittered retries
 (:mod:`._retry`); values are cached with a TTL and served stale up to ``cache_max_stale``
 while KMS throttles or is down (:mod:`._cache`); then
@@ -44,6 +51,8 @@ from storage_backends.aliyun_kms.api import (
     SecretPage,
     SecretReader,
     SecretValue,
+    SecretVersion,
+    SecretVersionPage,
 )
 from storage_backends.aliyun_kms.instance import (
     ClientKey,
@@ -57,7 +66,13 @@ from storage_backends.aliyun_kms.settings import (
     AliyunKmsSettings,
 )
 from storage_backends.aliyun_kms.shared import SharedGatewayClient
-from storage_backends.base import ResourceDesc, StorageBackend
+from storage_backends.base import (
+    ResourceDesc,
+    ResourceInfo,
+    StorageBackend,
+    VersionedValue,
+    VersionInfo,
+)
 from storage_backends.errors import (
     ResourceNotFoundError,
     ResourceTooLargeError,
@@ -80,6 +95,22 @@ _JITTER_BYTES: Final = 4
 _UNAVAILABLE: Final = "aliyun kms unavailable"
 #: Error codes are echoed into log lines and messages; keep them to a safe alphabet.
 _SAFE_CODE: Final = re.compile(r"[A-Za-z0-9._-]{1,64}")
+#: ListSecretVersionIds page size, and the most pages read for one secret.
+_VERSION_PAGE_SIZE: Final = 50
+_MAX_VERSION_PAGES: Final = 20
+_CURRENT_STAGE: Final = "ACSCurrent"
+_EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+def _parse_time(text: str | None) -> dt.datetime | None:
+    """A KMS ``CreateTime``/``UpdateTime`` (ISO 8601) as an aware datetime, else ``None``."""
+    if not text:
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=dt.UTC)
 
 
 def _reason(err: KmsRequestError) -> str:
@@ -324,10 +355,15 @@ class AliyunKmsBackend(StorageBackend):
             _logger.warning("aliyun kms: reading %s failed (%s)", name, err)
             raise _unavailable(err) from err
         value = self._decode(secret)
-        self._cache.store(name, value)
+        self._cache.store(name, value, version=secret.version_id)
         return value
 
-    async def _put(self, desc: ResourceDesc, data: bytes) -> None:
+    async def _read(self, desc: ResourceDesc) -> VersionedValue:
+        data = await self._get(desc)
+        # No await since _get returned: the cache entry is the one the value came from.
+        return VersionedValue(data, self._cache.version_of(self._naming.secret_name(desc)))
+
+    async def _put(self, desc: ResourceDesc, data: bytes) -> str:
         name = self._writable_name(desc, "write")
         manager = self._require_manager("write")
         secret_data, data_type = self._encode(data)
@@ -374,6 +410,7 @@ class AliyunKmsBackend(StorageBackend):
             # Even a failed write may have landed: never serve the old value from memory.
             self._cache.invalidate(name)
         _logger.info("aliyun kms: stored %s as a new version (%s)", name, data_type)
+        return version_id
 
     async def _create(
         self,
@@ -483,6 +520,148 @@ class AliyunKmsBackend(StorageBackend):
                 self.settings.max_list_pages,
             )
         return builtins.list(found)
+
+    # -- life cycle (admin API) -----------------------------------------------------------
+    async def _kms(self, call: Callable[[], Awaitable[_T]], *, what: str, name: str) -> _T:
+        try:
+            return await self._retry(call)
+        except KmsRequestError as err:
+            if err.kind in {ErrorKind.NOT_FOUND, ErrorKind.IN_DELETE_WINDOW}:
+                missing = "resource version" if what == "version" else "resource"
+                raise ResourceNotFoundError(f"{missing} not found") from err
+            _logger.warning("aliyun kms: %s of %s failed (%s)", what, name, err)
+            raise _unavailable(err) from err
+
+    async def _versions_of(self, name: str, manager: SecretManager) -> list[SecretVersion]:
+        """Every version of ``name``, newest first."""
+        found: list[SecretVersion] = []
+        for page_number in range(1, _MAX_VERSION_PAGES + 1):
+
+            def list_page(number: int = page_number) -> Awaitable[SecretVersionPage]:
+                return manager.list_secret_versions(
+                    name, page_number=number, page_size=_VERSION_PAGE_SIZE
+                )
+
+            page = await self._kms(list_page, what="versions", name=name)
+            found.extend(page.versions)
+            if not page.versions or len(found) >= page.total_count:
+                break
+        # KMS does not document an order: newest first by CreateTime, and for equal times
+        # (one-second resolution) the later entry first.
+        indexed = list(enumerate(found))
+        indexed.sort(
+            key=lambda item: (_parse_time(item[1].create_time) or _EPOCH, item[0]),
+            reverse=True,
+        )
+        return [version for _, version in indexed]
+
+    async def _describe(self, desc: ResourceDesc) -> ResourceInfo:
+        name = self._naming.secret_name(desc)
+        manager = self._require_manager("describe resources")
+        described = await self._kms(
+            lambda: manager.describe_secret(name), what="describe", name=name
+        )
+        if described.planned_delete_time:
+            raise ResourceNotFoundError("resource not found")
+        versions = await self._versions_of(name, manager)
+        current = next((v for v in versions if _CURRENT_STAGE in v.stages), None)
+        return ResourceInfo(
+            desc=desc,
+            backend=self.kind,
+            size=None,  # KMS tells sizes only with values; listing never reads values
+            created=_parse_time(described.create_time),
+            updated=_parse_time(described.update_time),
+            version=current.version_id if current else None,
+            versions=len(versions),
+        )
+
+    async def _list_info(self) -> builtins.list[ResourceInfo]:
+        # One ListSecrets walk: names and times. Current versions would cost a call per
+        # secret; describe() (one resource) has them.
+        manager = self._require_manager("list")
+        found: dict[ResourceDesc, ResourceInfo] = {}
+        seen = 0
+        for page_number in range(1, self.settings.max_list_pages + 1):
+
+            def list_page(number: int = page_number) -> Awaitable[SecretPage]:
+                return manager.list_secrets(
+                    page_number=number,
+                    page_size=self.settings.list_page_size,
+                    kms_instance_id=self.settings.kms_instance_id,
+                )
+
+            page = await self._kms(list_page, what="list", name="*")
+            for summary in page.secrets:
+                desc = self._naming.resource_for(summary.name)
+                if desc is None or summary.planned_delete_time:
+                    continue
+                found[desc] = ResourceInfo(
+                    desc=desc,
+                    backend=self.kind,
+                    created=_parse_time(summary.create_time),
+                    updated=_parse_time(summary.update_time),
+                )
+            seen += len(page.secrets)
+            if not page.secrets or seen >= page.total_count:
+                break
+        return builtins.list(found.values())
+
+    async def _list_versions(self, desc: ResourceDesc) -> builtins.list[VersionInfo]:
+        name = self._naming.secret_name(desc)
+        manager = self._require_manager("list versions")
+        versions = await self._versions_of(name, manager)
+        if not versions:
+            raise ResourceNotFoundError("resource not found")
+        return [
+            VersionInfo(
+                version=v.version_id,
+                size=None,
+                created=_parse_time(v.create_time),
+                current=_CURRENT_STAGE in v.stages,
+            )
+            for v in versions
+        ]
+
+    async def _get_version(self, desc: ResourceDesc, version: str) -> bytes:
+        name = self._naming.secret_name(desc)
+        manager = self._require_manager("read versions")
+        secret = await self._kms(
+            lambda: manager.get_secret_version(name, version_id=version),
+            what="version",
+            name=name,
+        )
+        return self._decode(secret)
+
+    async def _restore_version(self, desc: ResourceDesc, version: str) -> str:
+        name = self._writable_name(desc, "roll back")
+        manager = self._require_manager("roll back")
+        versions = await self._versions_of(name, manager)
+        if not any(v.version_id == version for v in versions):
+            raise ResourceNotFoundError("resource version not found")
+        current = next((v for v in versions if _CURRENT_STAGE in v.stages), None)
+        if current is not None and current.version_id == version:
+            return version
+        try:
+            await self._kms(
+                lambda: manager.move_current_stage(
+                    name,
+                    to_version=version,
+                    from_version=current.version_id if current else None,
+                ),
+                what="version",
+                name=name,
+            )
+        finally:
+            self._cache.invalidate(name)
+        _logger.info("aliyun kms: moved ACSCurrent of %s back to version %s", name, version)
+        return version
+
+    async def _delete_version(self, desc: ResourceDesc, version: str) -> None:
+        del desc, version
+        raise UnsupportedOperationError(
+            "aliyun kms cannot delete a single secret version (KMS retires versions "
+            "without a stage itself); delete the resource instead"
+        )
 
     async def _check(self) -> None:
         now = self._monotonic()

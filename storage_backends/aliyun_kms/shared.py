@@ -14,10 +14,12 @@ event loop. SDK retries are switched off (``RetryOptions(retryable=False)``); th
 retries with its own bounded, jittered, non-blocking backoff. Every call also has an
 overall ``asyncio`` timeout (the worker thread itself ends by the SDK's own timeouts).
 
-Operations (all that the backend needs): GetSecretValue, CreateSecret, PutSecretValue,
-DeleteSecret (``RecoveryWindowInDays`` / ``ForceDeleteWithoutRecovery``), RestoreSecret,
-ListSecrets. They also manage secrets stored in a dedicated KMS instance, which is why
-writes go through this gateway even when reads use the instance gateway.
+Operations (all that the backend needs): GetSecretValue (current, or by ``VersionId``),
+CreateSecret, PutSecretValue, DeleteSecret (``RecoveryWindowInDays`` /
+``ForceDeleteWithoutRecovery``), RestoreSecret, ListSecrets, and for the admin life cycle
+DescribeSecret, ListSecretVersionIds and UpdateSecretVersionStage. They also manage
+secrets stored in a dedicated KMS instance, which is why writes go through this gateway
+even when reads use the instance gateway.
 
 Credentials (``credential_type``): ``access_key``, ``sts``, ``ram_role_arn``,
 ``ecs_ram_role``, ``oidc_role_arn`` (ACK RRSA), or ``default`` (the SDK's default chain,
@@ -38,9 +40,12 @@ from typing import Any, Final, TypeVar
 from storage_backends.aliyun_kms.api import (
     ErrorKind,
     KmsRequestError,
+    SecretDescription,
     SecretPage,
     SecretSummary,
     SecretValue,
+    SecretVersion,
+    SecretVersionPage,
     classify_response_error,
 )
 from storage_backends.aliyun_kms.settings import AliyunKmsConfigError, AliyunKmsSettings
@@ -506,7 +511,10 @@ class SharedGatewayClient:
         )
         secrets = tuple(
             SecretSummary(
-                name=entry.secret_name, planned_delete_time=entry.planned_delete_time or None
+                name=entry.secret_name,
+                planned_delete_time=entry.planned_delete_time or None,
+                create_time=_text(entry.create_time),
+                update_time=_text(entry.update_time),
             )
             for entry in entries or []
             if isinstance(entry.secret_name, str)
@@ -517,3 +525,125 @@ class SharedGatewayClient:
             else len(secrets)
         )
         return SecretPage(secrets=secrets, total_count=total)
+
+    async def get_secret_version(self, name: str, *, version_id: str) -> SecretValue:
+        """GetSecretValue of one version, by ``VersionId``.
+
+        Raises:
+            KmsRequestError: the call failed.
+        """
+        request = self._sdk.models.GetSecretValueRequest(secret_name=name, version_id=version_id)
+        response = await self._run(
+            "GetSecretValue",
+            lambda: self._client.get_secret_value_with_options(request, self._runtime()),
+        )
+        body = response.body
+        if body is None or not isinstance(body.secret_data, str):
+            raise KmsRequestError(
+                gateway=_GATEWAY,
+                operation="GetSecretValue",
+                kind=ErrorKind.UNAVAILABLE,
+                detail="malformed response",
+            )
+        return SecretValue(
+            name=body.secret_name or name,
+            data=body.secret_data,
+            data_type=body.secret_data_type or "text",
+            version_id=body.version_id or version_id,
+        )
+
+    async def list_secret_versions(
+        self, name: str, *, page_number: int, page_size: int
+    ) -> SecretVersionPage:
+        """ListSecretVersionIds, one page, versions without a stage included.
+
+        Raises:
+            KmsRequestError: the call failed.
+        """
+        request = self._sdk.models.ListSecretVersionIdsRequest(
+            secret_name=name,
+            include_deprecated="true",
+            page_number=page_number,
+            page_size=page_size,
+        )
+        response = await self._run(
+            "ListSecretVersionIds",
+            lambda: self._client.list_secret_version_ids_with_options(request, self._runtime()),
+        )
+        body = response.body
+        entries = (
+            body.version_ids.version_id if body is not None and body.version_ids is not None else []
+        )
+        versions = tuple(
+            SecretVersion(
+                version_id=entry.version_id,
+                create_time=_text(entry.create_time),
+                stages=tuple(
+                    stage
+                    for stage in (
+                        entry.version_stages.version_stage
+                        if entry.version_stages is not None
+                        else None
+                    )
+                    or []
+                    if isinstance(stage, str)
+                ),
+            )
+            for entry in entries or []
+            if isinstance(entry.version_id, str)
+        )
+        total = (
+            body.total_count
+            if body is not None and isinstance(body.total_count, int)
+            else len(versions)
+        )
+        return SecretVersionPage(versions=versions, total_count=total)
+
+    async def move_current_stage(
+        self, name: str, *, to_version: str, from_version: str | None
+    ) -> None:
+        """UpdateSecretVersionStage: move ``ACSCurrent`` from one version to another.
+
+        Raises:
+            KmsRequestError: the call failed.
+        """
+        request = self._sdk.models.UpdateSecretVersionStageRequest(
+            secret_name=name,
+            version_stage="ACSCurrent",
+            move_to_version=to_version,
+            remove_from_version=from_version,
+        )
+        await self._run(
+            "UpdateSecretVersionStage",
+            lambda: self._client.update_secret_version_stage_with_options(request, self._runtime()),
+        )
+
+    async def describe_secret(self, name: str) -> SecretDescription:
+        """DescribeSecret.
+
+        Raises:
+            KmsRequestError: the call failed.
+        """
+        request = self._sdk.models.DescribeSecretRequest(secret_name=name)
+        response = await self._run(
+            "DescribeSecret",
+            lambda: self._client.describe_secret_with_options(request, self._runtime()),
+        )
+        body = response.body
+        if body is None:
+            raise KmsRequestError(
+                gateway=_GATEWAY,
+                operation="DescribeSecret",
+                kind=ErrorKind.UNAVAILABLE,
+                detail="malformed response",
+            )
+        return SecretDescription(
+            name=body.secret_name or name,
+            create_time=_text(body.create_time),
+            update_time=_text(body.update_time),
+            planned_delete_time=_text(body.planned_delete_time),
+        )
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None

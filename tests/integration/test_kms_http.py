@@ -32,6 +32,7 @@ from support.kbs_app import (
     RunningKbs,
     running_kbs,
     settings_for,
+    without_request_id,
 )
 from support.kms_app import kms_entry, kms_environment_names, kms_mount, trustee_keys
 from support.kms_emulator import KmsEmulator
@@ -224,7 +225,7 @@ async def test_missing_secret_is_the_protocols_resource_not_found(kms, secrets_n
     async with kms.kbs(plugin) as kbs:
         response = await raw_get(kbs, "/kbs/v0/resource/default/aliyun/no-such-secret")
     assert response.status_code == 401
-    assert response.json() == {
+    assert without_request_id(response.json()) == {
         "type": ERR + "PluginInternalError",
         "detail": "resource not found",
     }
@@ -269,7 +270,7 @@ async def test_admin_put_creates_then_versions_and_delete_schedules_deletion(
         assert abs(planned - expected) < dt.timedelta(minutes=5)
         response = await raw_get(kbs, "/kbs/v0/resource/default/aliyun/written")
         assert response.status_code == 401
-        assert response.json()["detail"] == "resource not found"
+        assert without_request_id(response.json())["detail"] == "resource not found"
         # 5. A second delete of the same secret is "not found" too.
         with pytest.raises(KbsClientError, match="resource not found"):
             await admin.delete_resource("default/aliyun/written")
@@ -370,7 +371,7 @@ async def test_outage_past_max_stale_is_503_naming_the_kms(kms, secrets_never_lo
             # Past it: our fault, 503, and the guest is told what failed.
             response = await raw_get(kbs, MODEL_KEY_PATH)
             assert response.status_code == 503
-            assert response.json() == {
+            assert without_request_id(response.json()) == {
                 "type": ERR + "StorageUnavailable",
                 "detail": "aliyun kms unavailable: network error",
             }
@@ -420,7 +421,7 @@ async def test_a_signing_bug_is_our_fault_503_not_401(
         response = await raw_get(kbs, request[1])
         secrets_never_logged.texts.append(response.text)
         assert response.status_code == 503
-        assert response.json() == {
+        assert without_request_id(response.json()) == {
             "type": ERR + "StorageUnavailable",
             "detail": f"aliyun kms unavailable: request rejected ({rejected_code})",
         }
@@ -456,7 +457,7 @@ async def test_one_server_serves_file_and_kms_resources(kms, secrets_never_logge
         assert await fetch(kbs, MODEL_KEY_URI) == MODEL_KEY.encode()
         # Only default/aliyun goes to KMS: the same tag elsewhere is the default backend's.
         response = await raw_get(kbs, "/kbs/v0/resource/other/aliyun/model-decryption-key")
-        assert response.json()["detail"] == "resource not found"
+        assert without_request_id(response.json())["detail"] == "resource not found"
         ready = await kbs.http.get("/readyz")
         kinds = [m.backend.kind for m in kbs.app.state.kbs.resources.mounts]
     assert kinds == ["aliyun_kms", "file" if default == "LocalFs" else "sql"]

@@ -19,10 +19,18 @@ from jwcrypto import jwk as jw_jwk
 
 from kbs.client.api import KbsClientError, SampleAttester, SampleDeviceAttester
 from kbs.client.tee_key import TeeKeyPair
-from support.kbs_app import RunningKbs, advance
+from support.kbs_app import RunningKbs, advance, without_request_id
 
 SECRET = b"model-key-\x00\x01\x02-bytes"
 ERR = "https://github.com/confidential-containers/kbs/errors/"
+
+
+def _error(response, variant: str, detail: str, *, guest: bool = True) -> dict[str, str]:
+    """The error body: {type, detail} plus the request id (named in detail for guests)."""
+    request_id = response.headers["x-request-id"]
+    if guest:
+        detail = f"{detail} (request id {request_id})"
+    return {"type": ERR + variant, "detail": detail, "request_id": request_id}
 
 
 def _digest(obj: object) -> bytes:
@@ -237,10 +245,11 @@ async def test_wrong_nonce_is_rejected(kbs: RunningKbs) -> None:
         await _auth(http)
         response = await _attest_body(http, TeeKeyPair.generate(), "not-the-nonce")
     assert response.status_code == 401
-    assert response.json() == {
-        "type": ERR + "AttestationError",
-        "detail": "Attestation error: RCAR handshake Attest failed: nonce does not match the session",
-    }
+    assert response.json() == _error(
+        response,
+        "AttestationError",
+        "Attestation error: RCAR handshake Attest failed: nonce does not match the session",
+    )
 
 
 async def test_attest_without_cookie(kbs: RunningKbs) -> None:
@@ -314,7 +323,7 @@ async def test_policy_denies_contraindicated_sample(kbs: RunningKbs) -> None:
         assert claims["submods"]["cpu0"]["ear.status"] == "contraindicated"
         response = await guest._http.get("/kbs/v0/resource/a/b/c")
     assert response.status_code == 401
-    assert response.json() == {"type": ERR + "PolicyDeny", "detail": "Access denied by policy"}
+    assert response.json() == _error(response, "PolicyDeny", "Access denied by policy")
 
 
 async def test_custom_resource_policy_deny_and_allow(affirming_kbs: RunningKbs) -> None:
@@ -335,7 +344,7 @@ async def test_missing_resource(affirming_kbs: RunningKbs) -> None:
         await guest.attest()
         response = await guest._http.get("/kbs/v0/resource/no/such/thing")
     assert response.status_code == 401
-    assert response.json() == {"type": ERR + "PluginInternalError", "detail": "resource not found"}
+    assert response.json() == _error(response, "PluginInternalError", "resource not found")
 
 
 async def test_no_token(kbs: RunningKbs) -> None:
@@ -357,7 +366,7 @@ async def test_expired_token_replayed_as_bearer(affirming_kbs: RunningKbs) -> No
             "/kbs/v0/resource/a/b/c", headers={"Authorization": f"Bearer {token}"}
         )
     assert late.status_code == 401
-    assert late.json() == {"type": ERR + "TokenVerifierError", "detail": "token has expired"}
+    assert late.json() == _error(late, "TokenVerifierError", "token has expired")
 
 
 async def test_token_signed_by_another_key(affirming_kbs: RunningKbs) -> None:
@@ -442,10 +451,9 @@ async def test_symlink_out_of_repository_is_not_served(
 async def test_unknown_plugin_and_wrong_method(kbs: RunningKbs) -> None:
     response = await kbs.http.get("/kbs/v0/nebula-ca/credential")
     assert response.status_code == 404
-    assert response.json() == {
-        "type": ERR + "PluginNotFound",
-        "detail": "Plugin nebula-ca not found",
-    }
+    assert response.json() == _error(
+        response, "PluginNotFound", "Plugin nebula-ca not found", guest=False
+    )
     response = await kbs.http.get("/kbs/v0/auth")
     assert response.status_code == 404
     assert response.json()["type"] == ERR + "PluginNotFound"
@@ -517,7 +525,7 @@ async def test_auth_is_rate_limited_per_client(tmp_path: Path, admin_key) -> Non
         assert [(await _auth(kbs.http)).status_code for _ in range(3)] == [200, 200, 429]
         refused = await _auth(kbs.http)
         assert refused.status_code == 429
-        assert refused.json() == {
+        assert without_request_id(refused.json()) == {
             "type": ERR + "TooManyRequests",
             "detail": "too many requests from this client",
         }

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import re
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,3 +156,16 @@ async def running_kbs(
 
 def advance(clock: FrozenClock, **delta: float) -> None:
     clock.advance(dt.timedelta(**delta))
+
+
+_REQUEST_ID_SUFFIX = re.compile(r" \(request id [0-9A-Za-z._:-]+\)$")
+
+
+def without_request_id(body: Any) -> Any:
+    """An error body without its per-request parts (``request_id``, the detail suffix)."""
+    if not isinstance(body, dict):
+        return body
+    out = {k: v for k, v in body.items() if k != "request_id"}
+    if isinstance(out.get("detail"), str):
+        out["detail"] = _REQUEST_ID_SUFFIX.sub("", out["detail"])
+    return out

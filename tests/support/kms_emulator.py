@@ -41,9 +41,12 @@ role registered with :meth:`KmsEmulator.add_oidc_role` gets fresh STS credential
 the shared gateway then accepts (400 ``AuthenticationFail.OIDCToken.Invalid`` otherwise).
 
 Secrets are stored with versions and stages (``ACSCurrent``/``ACSPrevious``). Operations:
-GetSecretValue, CreateSecret, PutSecretValue, DeleteSecret (``RecoveryWindowInDays`` /
-``ForceDeleteWithoutRecovery``), RestoreSecret, ListSecrets (paging, ``SecretName`` and
-``DKMSInstanceId`` filters). Faults can be injected (error answers such as throttling,
+GetSecretValue (by stage or ``VersionId``), CreateSecret, PutSecretValue, DeleteSecret
+(``RecoveryWindowInDays`` / ``ForceDeleteWithoutRecovery``), RestoreSecret, ListSecrets
+(paging, ``SecretName`` and ``DKMSInstanceId`` filters), DescribeSecret,
+ListSecretVersionIds (``IncludeDeprecated``, paging) and UpdateSecretVersionStage (moving
+``ACSCurrent`` hands ``ACSPrevious`` to the version it left, as PutSecretValue does; that
+the service does the same is an assumption). Faults can be injected (error answers such as throttling,
 latency, connection refused / reset), and every request is recorded.
 """
 
@@ -126,6 +129,10 @@ class _Secret:
     create_time: str
     versions: list[_Version] = field(default_factory=list)
     planned_delete_time: str | None = None
+    update_time: str | None = None
+
+    def updated(self) -> str:
+        return self.update_time or self.versions[-1].create_time
 
     def current(self) -> _Version:
         return next(v for v in self.versions if "ACSCurrent" in v.stages)
@@ -697,6 +704,9 @@ class KmsEmulator:
             "DeleteSecret": self._op_delete,
             "RestoreSecret": self._op_restore,
             "ListSecrets": self._op_list,
+            "DescribeSecret": self._op_describe,
+            "ListSecretVersionIds": self._op_list_versions,
+            "UpdateSecretVersionStage": self._op_update_stage,
         }
         operation = handlers.get(action)
         if operation is None:
@@ -730,6 +740,7 @@ class KmsEmulator:
                 version.stages.add("ACSPrevious")
         version = _Version(version_id, data, data_type, {"ACSCurrent"}, _iso(self._now()))
         secret.versions.append(version)
+        secret.update_time = version.create_time
         return version
 
     def _secret_document(self, secret: _Secret, version: _Version) -> dict[str, Any]:
@@ -835,7 +846,7 @@ class KmsEmulator:
                 "SecretName": secret.name,
                 "SecretType": "Generic",
                 "CreateTime": secret.create_time,
-                "UpdateTime": secret.versions[-1].create_time,
+                "UpdateTime": secret.updated(),
             }
             if secret.planned_delete_time:
                 entry["PlannedDeleteTime"] = secret.planned_delete_time
@@ -846,6 +857,76 @@ class KmsEmulator:
             "TotalCount": len(secrets),
             "SecretList": {"Secret": entries},
         }
+
+    def _op_describe(self, params: Mapping[str, str]) -> dict[str, Any]:
+        secret = self._existing(self._required(params, "SecretName"), allow_deleting=True)
+        document: dict[str, Any] = {
+            "SecretName": secret.name,
+            "SecretType": "Generic",
+            "CreateTime": secret.create_time,
+            "UpdateTime": secret.updated(),
+            "Arn": f"acs:kms:{self.region_id}:1234567890:secret/{secret.name}",
+        }
+        if secret.instance_id:
+            document["DKMSInstanceId"] = secret.instance_id
+        if secret.planned_delete_time:
+            document["PlannedDeleteTime"] = secret.planned_delete_time
+        return document
+
+    def _op_list_versions(self, params: Mapping[str, str]) -> dict[str, Any]:
+        secret = self._existing(self._required(params, "SecretName"))
+        page_number = int(params.get("PageNumber") or 1)
+        page_size = int(params.get("PageSize") or 20)
+        if page_number < 1 or not 1 <= page_size <= 100:
+            raise _Reject(400, "InvalidParameter", "PageNumber or PageSize is out of range.")
+        include_deprecated = params.get("IncludeDeprecated", "false").lower() == "true"
+        versions = [v for v in secret.versions if include_deprecated or v.stages]
+        start = (page_number - 1) * page_size
+        return {
+            "SecretName": secret.name,
+            "PageNumber": page_number,
+            "PageSize": page_size,
+            "TotalCount": len(versions),
+            "VersionIds": {
+                "VersionId": [
+                    {
+                        "VersionId": v.version_id,
+                        "CreateTime": v.create_time,
+                        "VersionStages": {"VersionStage": sorted(v.stages)},
+                    }
+                    for v in versions[start : start + page_size]
+                ]
+            },
+        }
+
+    def _op_update_stage(self, params: Mapping[str, str]) -> dict[str, Any]:
+        secret = self._existing(self._required(params, "SecretName"))
+        stage = self._required(params, "VersionStage")
+        move_to = params.get("MoveToVersion")
+        remove_from = params.get("RemoveFromVersion")
+        by_id = {v.version_id: v for v in secret.versions}
+        for version_id in (move_to, remove_from):
+            if version_id and version_id not in by_id:
+                raise _Reject(404, "Forbidden.ResourceNotFound", "The secret version is not found.")
+        holder = next((v for v in secret.versions if stage in v.stages), None)
+        if stage in {"ACSCurrent", "ACSPrevious"}:
+            if not move_to:
+                raise _Reject(400, "InvalidParameter", f"{stage} cannot be removed.")
+            if holder is not None and (remove_from is None or by_id[remove_from] is not holder):
+                raise _Reject(
+                    400, "InvalidParameter", "RemoveFromVersion must be the version holding it."
+                )
+        if remove_from:
+            by_id[remove_from].stages.discard(stage)
+        if move_to:
+            target = by_id[move_to]
+            if stage == "ACSCurrent" and holder is not None and holder is not target:
+                for version in secret.versions:
+                    version.stages.discard("ACSPrevious")
+                holder.stages.add("ACSPrevious")
+            target.stages.add(stage)
+        secret.update_time = _iso(self._now())
+        return {"SecretName": secret.name}
 
     # ------------------------------------------------------------------ instance gateway
     def _serve_instance(

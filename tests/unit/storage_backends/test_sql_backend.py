@@ -45,11 +45,12 @@ async def test_row_shape_and_timestamps(engine: AsyncEngine, clock) -> None:
     backend = SqlBackend(engine, clock=clock)
     await backend.put(KEY, b"v1")
     epoch = int(t0.timestamp())
-    assert await rows(engine) == [("default/key/model-1", b"v1", epoch, epoch)]
+    assert await rows(engine) == [("default/key/model-1", b"v1", epoch, epoch, 1)]
     clock.at = t0 + dt.timedelta(seconds=90, microseconds=999_999)
     await backend.put(KEY, b"v2")
-    # created_at survives the upsert; updated_at moves, rounded down to whole seconds.
-    assert await rows(engine) == [("default/key/model-1", b"v2", epoch, epoch + 90)]
+    # created_at survives the upsert; updated_at moves, rounded down to whole seconds; the
+    # version counts puts.
+    assert await rows(engine) == [("default/key/model-1", b"v2", epoch, epoch + 90, 2)]
 
 
 async def test_clock_in_another_zone(engine: AsyncEngine, clock) -> None:
@@ -133,7 +134,13 @@ def test_table_definition_for_migrations() -> None:
     app_metadata = sa.MetaData()
     table = define_resources_table(app_metadata)
     assert app_metadata.tables[TABLE_NAME] is table
-    assert [c.name for c in table.columns] == ["path", "data", "created_at", "updated_at"]
+    assert [c.name for c in table.columns] == [
+        "path",
+        "data",
+        "created_at",
+        "updated_at",
+        "version",
+    ]
     assert [c.name for c in table.primary_key] == ["path"]
     assert isinstance(table.c.data.type, sa.LargeBinary)
     assert isinstance(table.c.created_at.type, sa.BigInteger)
