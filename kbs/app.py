@@ -47,7 +47,7 @@ from kbs.errors import (
 )
 from kbs.metrics import Metrics, MetricsMiddleware
 from kbs.prefix import PathPrefixMiddleware
-from kbs.ratelimit import RateLimiter
+from kbs.ratelimit import RateLimiter, TrustedProxies
 from kbs.release_policies import ReleasePolicyStore
 from kbs.request_id import RequestIdMiddleware, current_request_id, is_guest_request
 from kbs.resources import build_resource_router
@@ -327,7 +327,9 @@ async def _build_state(
     engine: Any,
     at: dt.datetime,
 ) -> KbsState:
-    sessions = SessionStore(engine)
+    sessions = SessionStore(
+        engine, max_unattested=settings.attestation_service.max_unattested_sessions
+    )
     policies = PolicyStore(engine)
     reference_values = ReferenceValueStore(engine)
     policy_engine = RegoEngine()
@@ -399,6 +401,7 @@ async def _build_state(
         admin=admin_authorizer,
         simple_signer=simple_signer,
         rate_limiter=RateLimiter.from_settings(settings.rate_limit),
+        trusted_proxies=TrustedProxies(settings.http_server.trusted_proxies),
         audit=AuditLog(
             engine, value_key=await load_or_create_audit_key(engine, at=at, entropy=entropy)
         ),

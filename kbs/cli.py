@@ -131,6 +131,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from kbs.clock import SystemClock  # noqa: PLC0415
     from kbs.entropy import system_entropy  # noqa: PLC0415
+    from kbs.httpserver import HeaderLimitedHttpToolsProtocol  # noqa: PLC0415
     from kbs.resources import check_resource_backends  # noqa: PLC0415
     from kbs.settings import ConfigError, load_settings  # noqa: PLC0415
 
@@ -171,6 +172,10 @@ def _serve(args: argparse.Namespace) -> int:
         log_config=None,
         server_header=False,
         proxy_headers=False,
+        # httptools with a bound on the request head (kbs/httpserver.py); uvicorn's own
+        # httptools protocol has none and its h11 one stops at 16 KiB.
+        http=HeaderLimitedHttpToolsProtocol,
+        h11_max_incomplete_event_size=settings.http_server.request_header_size * 1024,
         ssl_keyfile=str(tls[0]) if tls else None,
         ssl_certfile=str(tls[1]) if tls else None,
         timeout_graceful_shutdown=10,

@@ -57,6 +57,8 @@ sessions: Final = sa.Table(
     sa.Column("request_extra_params", sa.Text, nullable=False),
     sa.Column("token", sa.Text, nullable=True),
     sa.Column("expires_at", sa.BigInteger, nullable=False, index=True),
+    # Counting live unattested sessions (migration 0003).
+    sa.Index("ix_kbs_sessions_state_expires_at", "state", "expires_at"),
 )
 
 #: Rego policies by namespace ("attestation" for appraisal policies, "resource" for release).

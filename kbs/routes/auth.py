@@ -48,7 +48,7 @@ async def auth(request: Request, state: StateDep) -> Response:
     """Answer a kbs-types ``Request`` with a ``Challenge`` and a session cookie."""
     at = state.clock.now()
     # Unauthenticated and it writes a session row: one token of the client's budget.
-    state.rate_limiter.check(client_address(request), at=at)
+    state.rate_limiter.check(client_address(request, state.trusted_proxies), at=at)
     try:
         body = await read_json(request, state.body_limit)
         req = parse_auth_request(body)
@@ -64,6 +64,7 @@ async def auth(request: Request, state: StateDep) -> Response:
         nonce=nonce,
         request_extra_params=req.extra_params,
         expires_at=expires_at,
+        at=at,
     )
     _logger.info("auth: opened session for tee %s (protocol %s)", req.tee, req.version)
     return json_response(
