@@ -1,0 +1,98 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Limits of a real ``kbs serve``: large Bearer tokens pass, absurd heads get 431, bodies 413."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+from pathlib import Path
+
+import httpx
+import pytest
+
+from support.processes import kbs_server
+
+pytestmark = pytest.mark.slow
+
+ERR = "https://github.com/confidential-containers/kbs/errors/"
+#: The default ``[http_server] request_header_size`` (KiB).
+HEADER_LIMIT = 128 * 1024
+
+
+def _raw(url: str, data: bytes) -> bytes:
+    """Send ``data`` on a fresh connection; return everything the server answers."""
+    host, _, port = url.removeprefix("http://").rpartition(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        # The server may answer and close before taking everything.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            sock.sendall(data)
+        chunks = []
+        try:
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        except ConnectionResetError:
+            pass
+    return b"".join(chunks)
+
+
+def _status_and_body(answer: bytes) -> tuple[int, bytes]:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
+
+
+def _request(header_bytes: int, *, end: bool = True) -> bytes:
+    token = b"A" * header_bytes
+    request = b"GET /kbs/v0/resource/a/b/c HTTP/1.1\r\nHost: kbs\r\nAuthorization: Bearer " + token
+    return request + (b"\r\n\r\n" if end else b"")
+
+
+def _assert_431(answer: bytes) -> None:
+    status, body = _status_and_body(answer)
+    assert status == 431
+    assert json.loads(body) == {
+        "type": ERR + "RequestHeaderTooLarge",
+        "detail": f"request headers exceed {HEADER_LIMIT} bytes",
+    }
+
+
+def test_header_and_body_limits_of_kbs_serve(tmp_path: Path) -> None:
+    with kbs_server(
+        ["--dev", "--data-dir", str(tmp_path / "data"), "--workers", "1"], cwd=tmp_path
+    ) as (url, proc):
+        # 1. A 32 KiB Bearer token reaches the application (which refuses the token).
+        big = "Bearer " + "A" * (32 * 1024)
+        response = httpx.get(f"{url}/kbs/v0/resource/a/b/c", headers={"Authorization": big})
+        assert response.status_code == 401
+        assert response.json()["type"].startswith(ERR)
+        # So does a head just under the limit, sent complete in one read.
+        status, _ = _status_and_body(_raw(url, _request(HEADER_LIMIT - 1024)))
+        assert status == 401
+        # 2. A complete head just over the limit: 431 with the error body.
+        _assert_431(_raw(url, _request(HEADER_LIMIT + 1)))
+        # A long request target counts too.
+        _assert_431(_raw(url, b"GET /" + b"a" * HEADER_LIMIT + b" HTTP/1.1\r\nHost: k\r\n\r\n"))
+        # 3. A head that never ends is cut off once past the limit (nothing more is read).
+        _assert_431(_raw(url, _request(HEADER_LIMIT + 4096, end=False)))
+        # 4. An absurd 1 MiB header: refused (the answer may be lost to the reset of the
+        # bytes the server never read); either way the server stays up.
+        answer = _raw(url, _request(1024 * 1024))
+        if answer:
+            _assert_431(answer)
+        # 5. A declared body over the limit is refused before it is sent.
+        status, body = _status_and_body(
+            _raw(
+                url,
+                b"POST /kbs/v0/auth HTTP/1.1\r\nHost: kbs\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 10485760\r\n\r\n",
+            )
+        )
+        assert status == 413
+        assert json.loads(body)["type"] == ERR + "PayloadTooLarge"
+        # The server is still up and serving.
+        assert proc.poll() is None
+        assert httpx.get(f"{url}/healthz").status_code == 200
+        auth = httpx.post(
+            f"{url}/kbs/v0/auth", json={"version": "0.4.0", "tee": "sample", "extra-params": ""}
+        )
+        assert auth.status_code == 200
