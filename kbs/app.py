@@ -294,9 +294,12 @@ async def _start(
     _warn_insecure(settings)
     url = settings.database_url
     if settings.database.migrate_on_start:
-        await asyncio.to_thread(db.migrate, url)
+        await asyncio.to_thread(db.migrate, url, connect_timeout_s=settings.database.timeout_s)
     engine = db.make_async_engine(
-        url, pool_size=settings.database.pool_size, timeout_s=settings.database.timeout_s
+        url,
+        pool_size=settings.database.pool_size,
+        timeout_s=settings.database.timeout_s,
+        statement_timeout_s=settings.database.statement_timeout_s,
     )
     try:
         state = await _build_state(

@@ -231,7 +231,7 @@ def _migrate(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"kbs migrate: {exc}", file=sys.stderr)
         return 2
-    db.migrate(settings.database_url)
+    db.migrate(settings.database_url, connect_timeout_s=settings.database.timeout_s)
     print("database schema is current")
     return 0
 
@@ -356,7 +356,9 @@ def _audit_verify(args: argparse.Namespace) -> int:
             print(f"kbs audit verify: --anchor {anchor!r} is not SEQ:HASH", file=sys.stderr)
             return 2
         anchors.append((int(seq), digest))
-    engine = db.make_sync_engine(args.database_url or settings.database_url)
+    engine = db.make_sync_engine(
+        args.database_url or settings.database_url, connect_timeout_s=settings.database.timeout_s
+    )
     try:
         with engine.connect() as conn:
             report = verify_chain(conn, anchors=anchors)

@@ -107,8 +107,12 @@ class DatabaseSettings(_Section):
     migrate_on_start: bool = True
     #: Connection pool size per process (PostgreSQL).
     pool_size: int = Field(default=10, ge=1, le=200)
-    #: Seconds to wait for a connection or a statement before answering 503.
+    #: Seconds to wait for a connection (opening one, or a free one from the pool)
+    #: before answering 503. PostgreSQL counts whole seconds, at least 2.
     timeout_s: float = Field(default=5.0, gt=0, le=120)
+    #: PostgreSQL: seconds a statement (lock waits included) may run before the server
+    #: cancels it (503). Generous: the periodic sweep deletes many expired rows at once.
+    statement_timeout_s: float = Field(default=30.0, gt=0, le=3600)
 
 
 # --------------------------------------------------------------------------- http

@@ -179,6 +179,13 @@ async def _all_or_nothing(*calls: Coroutine[Any, Any, _T]) -> list[_T]:
         raise
 
 
+def _request_deadline(timeout: httpx.Timeout) -> float | None:
+    """Seconds one whole request may take: connect + 2 x read (``None``: unbounded)."""
+    if timeout.read is None:
+        return None
+    return (timeout.connect or 0.0) + 2 * timeout.read
+
+
 class PccsFetcher:
     """Fetches DCAP collateral from an ordered list of PCCS / Intel PCS base URLs."""
 
@@ -200,7 +207,9 @@ class PccsFetcher:
             root_ca_der: trust anchor the collateral must chain to (Intel's by default).
             tcb_update_type: which TCB evaluation data set to request.
             timeout: seconds allowed for each step (connect, read, write) of each HTTP
-                request, or an ``httpx.Timeout`` with separate limits.
+                request, or an ``httpx.Timeout`` with separate limits. Each request as a
+                whole also ends after its connect timeout plus twice its read timeout,
+                so a server that drips its answer cannot hold a fetch open.
 
         Raises:
             ValueError: no base URL, or one that is not http(s).
@@ -215,6 +224,7 @@ class PccsFetcher:
         self._root_ca_der = intel_root_ca_der() if root_ca_der is None else root_ca_der
         self.tcb_update_type: TcbUpdateType = tcb_update_type
         self._timeout = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
+        self._deadline_s = _request_deadline(self._timeout)
 
     @property
     def base_urls(self) -> tuple[str, ...]:
@@ -254,6 +264,15 @@ class PccsFetcher:
         return fetched.collateral
 
     async def _get(
+        self, url: str, params: Mapping[str, str] | None, limit: int
+    ) -> tuple[bytes, httpx.Headers]:
+        try:
+            async with asyncio.timeout(self._deadline_s):
+                return await self._get_unbounded(url, params, limit)
+        except TimeoutError as exc:
+            raise _FetchError(f"{urlsplit(url).path}: no complete answer in time") from exc
+
+    async def _get_unbounded(
         self, url: str, params: Mapping[str, str] | None, limit: int
     ) -> tuple[bytes, httpx.Headers]:
         try:
