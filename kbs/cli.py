@@ -223,6 +223,8 @@ def _metrics_dir() -> Iterator[None]:
 
 
 def _migrate(args: argparse.Namespace) -> int:
+    from sqlalchemy.exc import OperationalError  # noqa: PLC0415
+
     from kbs import db  # noqa: PLC0415
     from kbs.settings import ConfigError, load_settings  # noqa: PLC0415
 
@@ -231,7 +233,12 @@ def _migrate(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"kbs migrate: {exc}", file=sys.stderr)
         return 2
-    db.migrate(settings.database_url, connect_timeout_s=settings.database.timeout_s)
+    try:
+        db.migrate(settings.database_url, connect_timeout_s=settings.database.timeout_s)
+    except OperationalError as exc:
+        # The driver's message names the host, never the password; no traceback.
+        print(f"kbs migrate: database unreachable: {exc.orig}", file=sys.stderr)
+        return 1
     print("database schema is current")
     return 0
 

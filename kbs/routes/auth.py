@@ -41,7 +41,7 @@ def session_cookie(session_id: str, expires_at: dt.datetime) -> str:
     responses={
         200: {"description": "The challenge; the session id is in Set-Cookie"},
         401: {"description": "Unsupported protocol version or malformed request"},
-        429: {"description": "Too many requests from this client"},
+        429: {"description": "Too many requests from this client, or unattested sessions"},
     },
 )
 async def auth(request: Request, state: StateDep) -> Response:

@@ -16,6 +16,7 @@ from sqlalchemy.exc import OperationalError
 from kbs import db
 from kbs.errors import DatabaseUnavailableError
 from kbs.sessions import SessionStore
+from support.processes import run_cli
 
 AT = dt.datetime(2026, 11, 22, 12, 0, tzinfo=dt.UTC)
 #: Far above the configured timeouts: only a hang reaches it.
@@ -103,3 +104,12 @@ async def test_postgres_statements_are_cancelled_after_the_statement_timeout(
                 await conn.execute(sa.text("SELECT pg_sleep(10)"))
     finally:
         await engine.dispose()
+
+
+def test_kbs_migrate_reports_a_silent_server(silent_server: str, tmp_path) -> None:
+    config = tmp_path / "kbs.toml"
+    config.write_text(f'[database]\nurl = "{silent_server}"\ntimeout_s = 2\n')
+    result = run_cli("kbs", "migrate", "--config", str(config))
+    assert result.returncode == 1
+    assert "kbs migrate: database unreachable: connection timeout expired" in result.stderr
+    assert "Traceback" not in result.stderr
