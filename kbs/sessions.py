@@ -10,8 +10,9 @@ are deleted lazily on read and by a periodic sweep.
 a new session (429) while ``max_unattested`` live ``authed`` sessions exist, counted in
 the database so the cap holds across replicas. Counting on every ``/auth`` would cost a
 range scan per request; instead each process counts at most once per
-:data:`UNATTESTED_RECOUNT_INTERVAL_S` (an index-only scan of ``(state, expires_at)``)
-and adds the sessions it opened and attested since. Expired sessions are never counted.
+:data:`UNATTESTED_RECOUNT_INTERVAL_S` (a scan of the ``(state, expires_at)`` index that
+stops at the cap, so a flood cannot make it dearer) and adds the sessions it opened and
+attested since. Expired sessions are never counted.
 With N replicas the cap can be overshot by what the others open within one interval.
 """
 
@@ -106,7 +107,7 @@ class SessionStore:
         if self._stale(now):
             async with self._recount_lock:
                 if self._stale(now):  # another request may have recounted meanwhile
-                    self._counted = await self.count_unattested(at=at)
+                    self._counted = await self.count_unattested(at=at, up_to=self._max_unattested)
                     self._counted_at = now
                     self._since = 0
         if self._counted + self._since >= self._max_unattested:
@@ -240,22 +241,25 @@ class SessionStore:
             raise DatabaseUnavailableError("expired sessions could not be purged") from exc
         return int(result.rowcount or 0)
 
-    async def count_unattested(self, *, at: dt.datetime) -> int:
+    async def count_unattested(self, *, at: dt.datetime, up_to: int | None = None) -> int:
         """Number of ``authed`` sessions that have not expired at ``at``.
+
+        With ``up_to``, counting stops there (the answer is at most ``up_to``): the cost
+        stays bounded by the cap however many sessions a flood has written.
 
         Raises:
             DatabaseUnavailableError: the database could not be read.
         """
+        live = (
+            # Only indexed columns: the (state, expires_at) index answers alone.
+            sa.select(db.sessions.c.expires_at)
+            .where(db.sessions.c.state == AUTHED, db.sessions.c.expires_at > db.to_millis(at))
+            .limit(up_to)
+            .subquery()
+        )
         try:
             async with self._engine.connect() as conn:
-                value = await conn.scalar(
-                    sa.select(sa.func.count())
-                    .select_from(db.sessions)
-                    .where(
-                        db.sessions.c.state == AUTHED,
-                        db.sessions.c.expires_at > db.to_millis(at),
-                    )
-                )
+                value = await conn.scalar(sa.select(sa.func.count()).select_from(live))
         except SQLAlchemyError as exc:
             raise DatabaseUnavailableError("sessions could not be counted") from exc
         return int(value or 0)

@@ -3,7 +3,8 @@
 
 ``/kbs/v0/auth`` refuses new sessions while ``[attestation_service]
 max_unattested_sessions`` live sessions await attestation; the count of live ``authed``
-sessions it needs is then a range scan of this index (index-only on both databases).
+sessions it needs is then a range scan of this index, stopped at the cap (index-only on
+SQLite, and on PostgreSQL where the visibility map allows).
 
 Revision ID: 0003
 Revises: 0002
