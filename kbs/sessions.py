@@ -120,6 +120,8 @@ class SessionStore:
                 "too many sessions awaiting attestation",
                 retry_after_s=max(1, math.ceil(UNATTESTED_RECOUNT_INTERVAL_S)),
             )
+        # Reserved before the insert awaits, so concurrent requests see each other.
+        self._since += 1
 
     def _stale(self, now: float) -> bool:
         counted_at = self._counted_at
@@ -162,8 +164,9 @@ class SessionStore:
             async with self._engine.begin() as conn:
                 await conn.execute(db.sessions.insert().values(**values))
         except SQLAlchemyError as exc:
+            if self._max_unattested is not None:
+                self._since -= 1  # the reservation made by _admit
             raise DatabaseUnavailableError("session could not be stored") from exc
-        self._since += 1
         return Session(
             id=session_id,
             state=AUTHED,

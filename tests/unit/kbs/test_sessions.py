@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from pathlib import Path
 
@@ -118,3 +119,13 @@ async def test_no_cap_by_default(capped_engine) -> None:
     for sid in "abcde":
         await _create(store, sid * 32)
     assert await store.count_unattested(at=AT) == 5
+
+
+async def test_cap_holds_for_concurrent_requests(capped_engine) -> None:
+    store = SessionStore(capped_engine, max_unattested=3)
+    results = await asyncio.gather(
+        *(_create(store, f"{n:032x}") for n in range(8)), return_exceptions=True
+    )
+    assert sum(not isinstance(r, BaseException) for r in results) == 3
+    assert all(isinstance(r, RateLimitedError) for r in results if isinstance(r, BaseException))
+    assert await store.count_unattested(at=AT) == 3
