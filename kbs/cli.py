@@ -131,7 +131,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from kbs.clock import SystemClock  # noqa: PLC0415
     from kbs.entropy import system_entropy  # noqa: PLC0415
-    from kbs.httpserver import HeaderLimitedHttpToolsProtocol  # noqa: PLC0415
+    from kbs.httpserver import HeaderLimitedHttpToolsProtocol, ServerConfig  # noqa: PLC0415
     from kbs.resources import check_resource_backends  # noqa: PLC0415
     from kbs.settings import ConfigError, load_settings  # noqa: PLC0415
 
@@ -166,7 +166,7 @@ def _serve(args: argparse.Namespace) -> int:
         )
     addresses = args.listen or settings.http_server.sockets
     sockets = [_bind(addr) for addr in addresses]
-    config = uvicorn.Config(
+    config = ServerConfig(
         "kbs.asgi:app",
         workers=workers,
         log_config=None,
@@ -176,6 +176,7 @@ def _serve(args: argparse.Namespace) -> int:
         # httptools protocol has none and its h11 one stops at 16 KiB.
         http=HeaderLimitedHttpToolsProtocol,
         h11_max_incomplete_event_size=settings.http_server.request_header_size * 1024,
+        request_header_timeout_s=settings.http_server.request_header_timeout_s,
         ssl_keyfile=str(tls[0]) if tls else None,
         ssl_certfile=str(tls[1]) if tls else None,
         timeout_graceful_shutdown=10,

@@ -14,6 +14,14 @@ The limit is read from the uvicorn ``Config`` field ``h11_max_incomplete_event_s
 ``[http_server] request_header_size``, holds whichever protocol runs and survives the
 pickling of the config into worker processes.
 
+uvicorn also puts no time limit on a request head: a connection that sends nothing, or
+trickles its headers a byte at a time, is held open for ever (its keep-alive timeout
+only runs between requests), and enough of them exhaust the process. A client here has
+``[http_server] request_header_timeout_s`` (carried by :class:`ServerConfig`) from the
+moment it connects, or starts a request, to complete the head; otherwise the
+connection is closed, with ``408 Request Timeout`` if a request had begun (actix-web,
+which Trustee runs on, does the same with its 5-second ``client_request_timeout``).
+
 A complete head is measured from the parser's callbacks before the request reaches the
 application. A head still incomplete after a read is bounded by the bytes received since
 it began, so an endless header is cut off without being buffered. When one read holds
@@ -24,42 +32,74 @@ can exceed the true size by at most one read, never fall below it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import Any, Final
 
+from uvicorn import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from kbs.errors import ERROR_TYPE_PREFIX
 
 _logger = logging.getLogger(__name__)
 
-__all__ = ["DEFAULT_HEADER_LIMIT", "HeaderLimitedHttpToolsProtocol", "header_too_large_response"]
+__all__ = [
+    "DEFAULT_HEADER_LIMIT",
+    "DEFAULT_HEADER_TIMEOUT_S",
+    "HeaderLimitedHttpToolsProtocol",
+    "ServerConfig",
+    "header_too_large_response",
+]
 
 #: Used when the uvicorn config carries no limit (h11's own default).
 DEFAULT_HEADER_LIMIT: Final = 16 * 1024
+#: Used when the uvicorn config is not a :class:`ServerConfig`.
+DEFAULT_HEADER_TIMEOUT_S: Final = 10.0
 
-_STATUS_431: Final = b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+
+class ServerConfig(Config):
+    """uvicorn's ``Config`` plus the time a client has to send a request head."""
+
+    def __init__(
+        self, *args: Any, request_header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S, **kwargs: Any
+    ) -> None:
+        """Take uvicorn's arguments and ``request_header_timeout_s`` (seconds)."""
+        super().__init__(*args, **kwargs)
+        self.request_header_timeout_s = request_header_timeout_s
 
 
-def header_too_large_response(limit: int) -> bytes:
-    """The complete HTTP answer sent when a request head exceeds ``limit`` bytes."""
+def _error_response(status_line: bytes, variant: str, detail: str) -> bytes:
     body = json.dumps(
-        {
-            "type": ERROR_TYPE_PREFIX + "RequestHeaderTooLarge",
-            "detail": f"request headers exceed {limit} bytes",
-        },
-        separators=(",", ":"),
+        {"type": ERROR_TYPE_PREFIX + variant, "detail": detail}, separators=(",", ":")
     ).encode()
     return b"".join(
         [
-            _STATUS_431,
+            status_line,
             b"content-type: application/json\r\n",
             b"content-length: " + str(len(body)).encode() + b"\r\n",
             b"connection: close\r\n",
             b"\r\n",
             body,
         ]
+    )
+
+
+def header_too_large_response(limit: int) -> bytes:
+    """The complete HTTP answer sent when a request head exceeds ``limit`` bytes."""
+    return _error_response(
+        b"HTTP/1.1 431 Request Header Fields Too Large\r\n",
+        "RequestHeaderTooLarge",
+        f"request headers exceed {limit} bytes",
+    )
+
+
+def header_timeout_response(timeout_s: float) -> bytes:
+    """The complete HTTP answer sent when a request head is not complete in time."""
+    return _error_response(
+        b"HTTP/1.1 408 Request Timeout\r\n",
+        "RequestTimeout",
+        f"request headers not received within {timeout_s:g} s",
     )
 
 
@@ -92,13 +132,54 @@ class HeaderLimitedHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = 0  # bytes received for the incomplete head (upper bound)
         self._head_size = _REQUEST_LINE_OVERHEAD  # the head's size from the callbacks
         self._refused = False
+        config = self.config
+        self._head_timeout_s = (
+            config.request_header_timeout_s
+            if isinstance(config, ServerConfig)
+            else DEFAULT_HEADER_TIMEOUT_S
+        )
+        self._head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        """A new connection has ``request_header_timeout_s`` to send a complete head."""
+        super().connection_made(transport)
+        self._start_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Stop the head timer with the connection."""
+        self._stop_head_timer()
+        super().connection_lost(exc)
+
+    def _start_head_timer(self) -> None:
+        if self._head_timer is None:
+            self._head_timer = self.loop.call_later(self._head_timeout_s, self._head_timed_out)
+
+    def _stop_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing():
+            return
+        if self._in_head:
+            _logger.warning(
+                "closed a connection whose request headers took over %g s from %s",
+                self._head_timeout_s,
+                self.client[0] if self.client else "unknown",
+            )
+            self.transport.write(header_timeout_response(self._head_timeout_s))
+        # A connection that never started a request is closed without an answer.
+        self.transport.close()
 
     def on_message_begin(self) -> None:
-        """A new request starts: its head is counted from here."""
+        """A new request starts: its head is counted, and timed, from here."""
         super().on_message_begin()
         self._in_head = True
         self._head_began = True
         self._head_size = _REQUEST_LINE_OVERHEAD
+        self._start_head_timer()
 
     def on_url(self, url: bytes) -> None:
         """Count the request target."""
@@ -118,6 +199,7 @@ class HeaderLimitedHttpToolsProtocol(HttpToolsProtocol):
                 calls :meth:`send_400_response`, which answers 431 instead).
         """
         self._in_head = False
+        self._stop_head_timer()
         if self._head_size > self._header_limit:
             self._refused = True
             raise _HeadTooLargeError

@@ -129,6 +129,9 @@ class HttpServerSettings(_Section):
     payload_request_size: int = Field(default=2, ge=1, le=1024)
     #: Ours: request line + headers limit in KiB (large Bearer tokens); above it 431.
     request_header_size: int = Field(default=128, ge=8, le=16 * 1024)
+    #: Ours: seconds a client has, from connecting or starting a request, to send the
+    #: complete request line and headers; then 408 and the connection is closed.
+    request_header_timeout_s: float = Field(default=10.0, gt=0, le=3600)
     #: Ours: proxies (addresses or CIDR networks) whose ``X-Forwarded-For`` names the
     #: client for rate limits, logs and audit (kbs/ratelimit.py). Empty: trust none.
     trusted_proxies: list[str] = Field(default_factory=list)

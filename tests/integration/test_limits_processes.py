@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import select
 import socket
+import time
 from pathlib import Path
 
 import httpx
@@ -96,3 +98,53 @@ def test_header_and_body_limits_of_kbs_serve(tmp_path: Path) -> None:
             f"{url}/kbs/v0/auth", json={"version": "0.4.0", "tee": "sample", "extra-params": ""}
         )
         assert auth.status_code == 200
+
+
+def _read_all(sock: socket.socket) -> bytes:
+    chunks = []
+    with contextlib.suppress(ConnectionResetError):
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_slow_request_heads_are_cut_off(tmp_path: Path) -> None:
+    # Two workers: the timeout travels to the worker processes with the server config.
+    with kbs_server(
+        ["--dev", "--data-dir", str(tmp_path / "data"), "--workers", "2"],
+        cwd=tmp_path,
+        env={"KBS_HTTP_SERVER__REQUEST_HEADER_TIMEOUT_S": "1"},
+    ) as (url, proc):
+        host, _, port = url.removeprefix("http://").rpartition(":")
+        address = (host, int(port))
+        # 1. A connection that never sends a byte is closed, without an answer.
+        with socket.create_connection(address, timeout=10) as sock:
+            assert _read_all(sock) == b""
+        # 2. A head that stops half-way: 408 with the error body, then closed.
+        with socket.create_connection(address, timeout=10) as sock:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: kbs\r\n")
+            status, body = _status_and_body(_read_all(sock))
+        assert status == 408
+        assert json.loads(body) == {
+            "type": ERR + "RequestTimeout",
+            "detail": "request headers not received within 1 s",
+        }
+        # 3. A head trickled a byte at a time, each within any per-read timeout.
+        with socket.create_connection(address, timeout=10) as sock:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\n")
+            for byte in b"X-Slow: " + b"a" * 100:
+                # Stop once the server has answered (sending on would reset the connection).
+                if select.select([sock], [], [], 0.05)[0]:
+                    break
+                sock.sendall(bytes([byte]))
+            answer = _read_all(sock)
+        assert _status_and_body(answer)[0] == 408
+        # 4. Requests that come in time are served, several on one connection with
+        # pauses between them (each head gets its own time).
+        with socket.create_connection(address, timeout=10) as sock:
+            for _ in range(3):
+                sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: kbs\r\n\r\n")
+                assert sock.recv(65536).startswith(b"HTTP/1.1 200 ")
+                time.sleep(0.7)
+        assert proc.poll() is None
+        assert httpx.get(f"{url}/healthz").status_code == 200
