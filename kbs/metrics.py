@@ -9,7 +9,8 @@ the collateral cache and rate-limit rejections.
 
 Labels are bounded, so a guest cannot create series at will:
 
-* ``route`` is the matched route's *template* (``/kbs/v0/resource/{path}``), never the
+* ``method`` is one of the standard methods or ``other``; ``route`` is the matched
+  route's *template* (``/kbs/v0/resource/{path}``), never the
   request path; requests no route matched share ``<unmatched>``;
 * ``resource_path`` is set only after the resource was found *and* released (reads), or
   by an authorised admin (writes, deletes): the set of series is the set of stored
@@ -69,6 +70,9 @@ BUILD_GIT_HASH_ENV: Final = "KBS_BUILD_GIT_HASH"
 BUILD_DATE_ENV: Final = "KBS_BUILD_DATE"
 #: The route label of requests no route matched.
 UNMATCHED_ROUTE: Final = "<unmatched>"
+#: HTTP methods kept as label values; anything else a client sends is ``OTHER_METHOD``.
+KNOWN_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+OTHER_METHOD: Final = "other"
 #: The scrape endpoint, left out of the request metrics (as the reference does).
 METRICS_PATH: Final = "/metrics"
 #: Request duration buckets, seconds: the reference's (0.5 ms ... 1 s) and beyond, since
@@ -395,6 +399,30 @@ class MetricsMiddleware:
         """Wrap ``app``, recording into ``metrics``."""
         self.app = app
         self.metrics = metrics
+        # The labelled children per (method, route, status), looked up once: labels() takes
+        # a lock and builds keys, half the cost of recording. Bounded like the labels.
+        self._children: dict[tuple[str, str, str], tuple[Any, Any, Any, Any]] = {}
+
+    def _record(
+        self, method: str, route: str, status: int, elapsed: float, sizes: tuple[int, int]
+    ) -> None:
+        key = (method, route, str(status))
+        children = self._children.get(key)
+        if children is None:
+            m = self.metrics
+            children = self._children[key] = (
+                m.requests.labels(*key),
+                m.duration.labels(method, route),
+                m.request_size.labels(method, route),
+                m.response_size.labels(method, route),
+            )
+        requests, duration, request_size, response_size = children
+        requests.inc()
+        duration.observe(elapsed)
+        request_size.observe(sizes[0])
+        response_size.observe(sizes[1])
+        if status == 429:  # noqa: PLR2004
+            self.metrics.rate_limited.labels(route).inc()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Call the app and record method, route template, status, sizes and duration."""
@@ -427,12 +455,9 @@ class MetricsMiddleware:
             route = scope.get("route")
             template = getattr(route, "path", None) or UNMATCHED_ROUTE
             method = str(scope.get("method", ""))
-            metrics.requests.labels(method, template, str(status)).inc()
-            metrics.duration.labels(method, template).observe(monotonic() - started)
-            metrics.request_size.labels(method, template).observe(request_size)
-            metrics.response_size.labels(method, template).observe(sent)
-            if status == 429:  # noqa: PLR2004
-                metrics.rate_limited.labels(template).inc()
+            if method not in KNOWN_METHODS:
+                method = OTHER_METHOD  # h11 accepts any token as a method
+            self._record(method, template, status, monotonic() - started, (request_size, sent))
 
 
 router = APIRouter()

@@ -206,6 +206,16 @@ async def test_admin_writes_and_deletes_are_counted(kbs: RunningKbs) -> None:
     assert "x/y/z" not in m.text
 
 
+async def test_made_up_methods_and_paths_share_labels(kbs: RunningKbs) -> None:
+    for i in range(3):
+        response = await kbs.http.request(f"BREW{i}", f"/made-up-{i}")
+        assert response.status_code == 404
+    m = await scrape(kbs)
+    assert m.value("kbs_http_requests_total", method="other", route="<unmatched>") == 3
+    assert "BREW" not in m.text
+    assert "made-up" not in m.text
+
+
 async def test_rate_limited_requests_are_counted(tmp_path: Path) -> None:
     settings = settings_for(
         tmp_path, None, overrides={"rate_limit": {"burst": 1, "requests_per_second": 0.001}}
