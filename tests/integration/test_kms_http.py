@@ -612,6 +612,7 @@ async def test_metrics_count_every_kms_call_by_action_and_error_kind(kms, secret
 
     plugin = kms.files_with_mount()
     async with kms.kbs(plugin) as kbs:
+        kms.emulator.throttle(times=1, gateway="instance")  # retried, then served
         assert await fetch(kbs, MODEL_KEY_URI) == MODEL_KEY.encode()
         missing = await raw_get(kbs, "/kbs/v0/resource/default/aliyun/no-such-secret")
         assert missing.status_code == 401
@@ -627,6 +628,9 @@ async def test_metrics_count_every_kms_call_by_action_and_error_kind(kms, secret
     assert {"GetSecretValue", "CreateSecret"} <= actions
     for action in actions:
         assert value("kbs_kms_requests_total", action=action) == kms.emulator.count(action=action)
+    # Each attempt counts: the throttled one and its retry.
+    assert kms.emulator.count(action="GetSecretValue", status=429) == 1
+    assert value("kbs_kms_errors_total", action="GetSecretValue", kind="throttled") == 1
     # The missing secret, and the readiness probe's (absent) probe secret.
     not_found = kms.emulator.count(action="GetSecretValue", status=404)
     assert not_found >= 1
