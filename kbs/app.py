@@ -45,7 +45,7 @@ from kbs.errors import (
     RateLimitedError,
     describe,
 )
-from kbs.metrics import Metrics, MetricsMiddleware
+from kbs.metrics import Metrics, MetricsMiddleware, TimedVerifier
 from kbs.prefix import PathPrefixMiddleware
 from kbs.ratelimit import RateLimiter, TrustedProxies
 from kbs.release_policies import ReleasePolicyStore
@@ -129,7 +129,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state, tasks = await _start(settings, clock, entropy, extra_verifiers)
+        state, tasks = await _start(settings, clock, entropy, extra_verifiers, app.state.metrics)
         app.state.kbs = state
         try:
             yield
@@ -289,6 +289,7 @@ async def _start(
     clock: Clock,
     entropy: Entropy,
     extra_verifiers: Sequence[Verifier],
+    metrics: Metrics,
 ) -> tuple[KbsState, list[asyncio.Task[None]]]:
     at = clock.now()
     _warn_insecure(settings)
@@ -309,6 +310,7 @@ async def _start(
             extra_verifiers=extra_verifiers,
             engine=engine,
             at=at,
+            metrics=metrics,
         )
     except BaseException:
         await engine.dispose()
@@ -329,6 +331,7 @@ async def _build_state(
     extra_verifiers: Sequence[Verifier],
     engine: Any,
     at: dt.datetime,
+    metrics: Metrics,
 ) -> KbsState:
     sessions = SessionStore(
         engine, max_unattested=settings.attestation_service.max_unattested_sessions
@@ -367,11 +370,14 @@ async def _build_state(
     tdx: TdxService | None = None
     if not any(v.tee == TdxVerifier.tee for v in verifiers):
         tdx = await build_tdx_service(
-            settings.attestation_service.verifier_config.dcap_verifier, engine=engine
+            settings.attestation_service.verifier_config.dcap_verifier,
+            engine=engine,
+            observer=metrics,
         )
     if tdx is not None:
         verifiers.append(tdx.verifier)
-    registry = VerifierRegistry(verifiers)
+    # Every verifier is timed (kbs_evidence_verification_seconds; for tdx, DCAP).
+    registry = VerifierRegistry(TimedVerifier(v, metrics) for v in verifiers)
     _logger.info("evidence verifiers enabled: %s", ", ".join(registry.tees) or "none")
 
     admin_authorizer = build_admin_authorizer(settings.admin)
@@ -400,7 +406,9 @@ async def _build_state(
         signer=signer,
         token_verifier=token_verifier,
         attestation=attestation,
-        resources=build_resource_router(settings, engine=engine, clock=clock.now, entropy=entropy),
+        resources=build_resource_router(
+            settings, engine=engine, clock=clock.now, entropy=entropy, kms_observer=metrics
+        ),
         admin=admin_authorizer,
         simple_signer=simple_signer,
         rate_limiter=RateLimiter.from_settings(settings.rate_limit),

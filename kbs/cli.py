@@ -34,6 +34,9 @@ __all__ = ["app_from_environment", "main"]
 DEV_PROFILE_ENV: Final = "KBS_SERVE_DEV_DATA_DIR"
 #: Set by ``kbs serve`` for its workers: the log level.
 LOG_LEVEL_ENV: Final = "KBS_LOG_LEVEL"
+#: ``text`` or ``json``: the default of ``--log-format``, and how ``kbs serve`` tells its
+#: workers.
+LOG_FORMAT_ENV: Final = "KBS_LOG_FORMAT"
 #: Set by ``kbs serve --api`` for its workers: which APIs to serve (``all``, ``kbs``, ``as``).
 SERVE_API_ENV: Final = "KBS_SERVE_API"
 #: ``--api`` choices and the APIs each serves.
@@ -45,11 +48,16 @@ _API_CHOICES: Final[dict[str, tuple[ApiName, ...]]] = {
 #: kbs.metrics.MULTIPROC_DIR_ENV (not imported: it would load the web stack here).
 PROMETHEUS_MULTIPROC_DIR_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
 
-_LOG_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+def _default_log_format() -> str:
+    return "json" if os.environ.get(LOG_FORMAT_ENV) == "json" else "text"
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format=_LOG_FORMAT, stream=sys.stderr, force=True)
+def _configure_logging(level: str, log_format: str | None = None) -> None:
+    from kbs.logs import configure_logging  # noqa: PLC0415 - keep --help fast
+
+    fmt = log_format or _default_log_format()
+    configure_logging(level, "json" if fmt == "json" else "text")
 
 
 def ensure_dev_admin_key(data_dir: Path) -> tuple[Path, Path]:
@@ -145,6 +153,8 @@ def _serve(args: argparse.Namespace) -> int:
     if args.config is not None:
         os.environ["KBS_CONFIG_FILE"] = str(args.config)
     os.environ[LOG_LEVEL_ENV] = args.log_level
+    os.environ[LOG_FORMAT_ENV] = args.log_format
+    _configure_logging(args.log_level, args.log_format)
     os.environ[SERVE_API_ENV] = args.api
     try:
         settings = load_settings(args.config, overrides=overrides)
@@ -437,6 +447,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="which APIs to serve: all (default), kbs (/kbs/v0/...), or as (the Trustee "
         "restful-as compatible attestation service at / and /as/); health and the JWK Set "
         "are always served",
+    )
+    serve.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default=_default_log_format(),
+        help="text for people (default), or json: one object per line with time, level, "
+        f"logger, message and request_id (default from ${LOG_FORMAT_ENV})",
     )
     serve.add_argument(
         "--listen",

@@ -249,6 +249,8 @@ def test_commands_are_ones_our_cli_takes(values: dict[str, Any]) -> None:
         args = parser.parse_args(container["args"])
         assert args.command == command
         assert args.config == Path("/etc/trustee/config/kbs.toml")
+        if command == "serve":
+            assert args.log_format == values.get("log_format", "json")
         mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
         assert mounts["/etc/trustee/config"]["readOnly"] is True
         assert "/var/lib/trustee" in mounts
@@ -818,3 +820,12 @@ def test_install_command_in_docs_renders(seed_files: dict[str, Any]) -> None:
     assert rendered.container()["image"].startswith(
         "registry.cn-hangzhou.aliyuncs.com/example/confidential-kbs:"
     )
+
+
+def test_log_format_is_json_by_default_text_on_request_and_nothing_else() -> None:
+    parser = build_parser()
+    for values, expected in (({}, "json"), ({"log_format": "text"}, "text")):
+        args = parser.parse_args(render(values).container("kbs")["args"])
+        assert args.log_format == expected
+    with helm.Chart.load(CHART) as chart, pytest.raises(helm.HelmValuesError):
+        chart.validate_schema({"log_format": "yaml"})
