@@ -49,6 +49,7 @@ __all__ = [
     "DEFAULT_HEADER_TIMEOUT_S",
     "HeaderLimitedHttpToolsProtocol",
     "ServerConfig",
+    "header_timeout_response",
     "header_too_large_response",
 ]
 
