@@ -28,6 +28,9 @@ it began, so an endless header is cut off without being buffered. When one read 
 the end of a previous request's body and the start of the next head (HTTP pipelining,
 which browsers and load balancers do not use), the whole read is counted: that bound
 can exceed the true size by at most one read, never fall below it.
+
+After a 431 or 408 the connection is half-closed and its input dropped for a second
+before the close, so a client still sending reads the answer instead of a reset.
 """
 
 from __future__ import annotations
@@ -112,6 +115,10 @@ class _HeadTooLargeError(Exception):
 _HEADER_LINE_OVERHEAD: Final = 4
 #: Bytes of a request line beyond its target (method, version, spaces, CRLF), at most.
 _REQUEST_LINE_OVERHEAD: Final = 32
+#: Seconds a refused connection is kept half-closed, its input read and dropped, so the
+#: client reads our answer before the close (closing with unread input would send a
+#: reset that can destroy the answer in flight).
+_LINGER_S: Final = 1.0
 
 
 class HeaderLimitedHttpToolsProtocol(HttpToolsProtocol):
@@ -133,6 +140,7 @@ class HeaderLimitedHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = 0  # bytes received for the incomplete head (upper bound)
         self._head_size = _REQUEST_LINE_OVERHEAD  # the head's size from the callbacks
         self._refused = False
+        self._answered = False  # a 431 or 408 went out; the connection is closing
         config = self.config
         self._head_timeout_s = (
             config.request_header_timeout_s
@@ -162,7 +170,7 @@ class HeaderLimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def _head_timed_out(self) -> None:
         self._head_timer = None
-        if self.transport.is_closing():
+        if self._answered or self.transport.is_closing():
             return
         if self._in_head:
             _logger.warning(
@@ -170,7 +178,8 @@ class HeaderLimitedHttpToolsProtocol(HttpToolsProtocol):
                 self._head_timeout_s,
                 self.client[0] if self.client else "unknown",
             )
-            self.transport.write(header_timeout_response(self._head_timeout_s))
+            self._answer_and_close(header_timeout_response(self._head_timeout_s))
+            return
         # A connection that never started a request is closed without an answer.
         self.transport.close()
 
@@ -215,6 +224,8 @@ class HeaderLimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         """Feed the parser, then refuse the connection if an incomplete head passed the limit."""
+        if self._answered:
+            return  # lingering after our answer: input is dropped
         self._head_began = False
         super().data_received(data)
         if not self._in_head or self.transport.is_closing():
@@ -230,5 +241,15 @@ class HeaderLimitedHttpToolsProtocol(HttpToolsProtocol):
             self._header_limit,
             self.client[0] if self.client else "unknown",
         )
-        self.transport.write(header_too_large_response(self._header_limit))
-        self.transport.close()
+        self._answer_and_close(header_too_large_response(self._header_limit))
+
+    def _answer_and_close(self, response: bytes) -> None:
+        """Send ``response``, half-close, drop further input, close after a moment."""
+        self._answered = True
+        self._stop_head_timer()
+        self.transport.write(response)
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+            self.loop.call_later(_LINGER_S, self.transport.close)
+        else:  # TLS: no half-close
+            self.transport.close()
