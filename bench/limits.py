@@ -11,7 +11,11 @@ Usage::
    database that is emptied first), median of 21 runs: uncapped, and stopped at
    ``--cap`` as the server does; and without the ``(state, expires_at)`` index;
 2. ``client_address`` per request: the peer only, and through a trusted proxy with a
-   one-hop and a three-hop ``X-Forwarded-For``.
+   one-hop and a three-hop ``X-Forwarded-For``;
+3. with ``--http-seconds S``: requests/s of a trivial ASGI app under uvicorn's own
+   httptools protocol and under ``HeaderLimitedHttpToolsProtocol`` (one server process
+   each, 8 keep-alive connections sending small GETs with a 4 KiB ``Authorization``
+   header), alternated twice, so the cost of the header limit and timer shows.
 
 Prints one figure per line.
 """
@@ -21,7 +25,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import socket
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -136,17 +143,81 @@ def _address_section() -> None:
     print(f"client_address, trusted proxy, 3-hop X-Forwarded-For: {three:.2f} us")
 
 
+_SERVER = """
+import sys, uvicorn
+from kbs.httpserver import HeaderLimitedHttpToolsProtocol, ServerConfig
+
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    headers = [(b"content-length", b"2")]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+kind, port = sys.argv[1], int(sys.argv[2])
+http = HeaderLimitedHttpToolsProtocol if kind == "limited" else "httptools"
+config = ServerConfig(app, host="127.0.0.1", port=port, http=http, log_level="error",
+                      access_log=False, lifespan="off", h11_max_incomplete_event_size=131072)
+uvicorn.Server(config).run()
+"""
+
+
+async def _load(port: int, seconds: float, connections: int = 8) -> int:
+    request = b"GET / HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer " + b"A" * 4096 + b"\r\n\r\n"
+    done = 0
+    deadline = time.perf_counter() + seconds
+
+    async def one() -> None:
+        nonlocal done
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        while time.perf_counter() < deadline:
+            writer.write(request)
+            await reader.readuntil(b"\r\n\r\n")
+            await reader.readexactly(2)
+            done += 1
+        writer.close()
+
+    await asyncio.gather(*(one() for _ in range(connections)))
+    return done
+
+
+def _http_section(seconds: float) -> None:
+    for round_ in (1, 2):
+        for kind in ("httptools", "limited"):
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                port = sock.getsockname()[1]
+            proc = subprocess.Popen([sys.executable, "-c", _SERVER, kind, str(port)])
+            try:
+                for _ in range(100):
+                    try:
+                        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                        break
+                    except OSError:
+                        time.sleep(0.05)
+                done = asyncio.run(_load(port, seconds))
+            finally:
+                proc.terminate()
+                proc.wait()
+            print(f"http round {round_}, {kind} protocol: {done / seconds:.0f} requests/s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", type=int, nargs="+", default=[1000, 100_000])
     parser.add_argument("--postgres", help="a PostgreSQL URL whose database may be emptied")
     parser.add_argument("--cap", type=int, default=10_000, help="max_unattested_sessions")
+    parser.add_argument("--http-seconds", type=float, default=0.0, help="0: skip section 3")
+    parser.add_argument("--skip-sessions", action="store_true", help="skip section 1")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        _count_section("sqlite", f"sqlite:///{Path(tmp) / 'kbs.db'}", args.sessions, args.cap)
-    if args.postgres:
-        _count_section("postgresql", args.postgres, args.sessions, args.cap)
+    if not args.skip_sessions:
+        with tempfile.TemporaryDirectory() as tmp:
+            _count_section("sqlite", f"sqlite:///{Path(tmp) / 'kbs.db'}", args.sessions, args.cap)
+        if args.postgres:
+            _count_section("postgresql", args.postgres, args.sessions, args.cap)
     _address_section()
+    if args.http_seconds > 0:
+        _http_section(args.http_seconds)
 
 
 if __name__ == "__main__":
