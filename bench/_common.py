@@ -32,6 +32,10 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
+# bench/resource.py would shadow the standard library's ``resource`` (which
+# prometheus_client imports): once this module is loaded, bench/ leaves the path.
+_BENCH = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _BENCH]
 if str(ROOT / "tests") not in sys.path:
     sys.path.insert(0, str(ROOT / "tests"))  # the test PKI and fake PCCS live in tests/support
 
