@@ -378,9 +378,7 @@ async def auth_attest(
         "runtime-data": {"nonce": nonce, "tee-pubkey": jwk},
         "tee-evidence": {"primary_evidence": guest.evidence(digest), "additional_evidence": ""},
     }
-    async with session.post(
-        f"{url}/kbs/v0/attest", json=body, headers={"Cookie": cookie}
-    ) as resp:
+    async with session.post(f"{url}/kbs/v0/attest", json=body, headers={"Cookie": cookie}) as resp:
         await _expect(resp, "attest")
         token = (await resp.json())["token"]
     return cookie, token
@@ -428,7 +426,6 @@ def new_session(concurrency: int) -> aiohttp.ClientSession:
 
 
 async def run_load(
-    url: str,
     flow: Any,
     *,
     seconds: float,
@@ -442,12 +439,15 @@ async def run_load(
     result = LoadResult()
     started = time.perf_counter()
     stop = started + seconds
+    begun = 0
     async with new_session(concurrency) as session:
 
         async def guest() -> None:
+            nonlocal begun
             while time.perf_counter() < stop:
-                if max_flows is not None and result.flows + result.errors >= max_flows:
+                if max_flows is not None and begun >= max_flows:
                     return
+                begun += 1
                 t0 = time.perf_counter()
                 try:
                     await flow(session)

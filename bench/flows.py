@@ -104,12 +104,12 @@ def run_tee(tee: str, args: argparse.Namespace) -> int:
                     await c.full_flow(session, url, guest)
 
                 # Warm-up: every worker loads the policy and (TDX) fetches the collateral.
-                asyncio.run(c.run_load(url, flow, seconds=args.warmup, concurrency=8))
+                asyncio.run(c.run_load(flow, seconds=args.warmup, concurrency=8))
                 if world is not None:
                     world.pccs.reset()
                 cpu_before = c.cpu_seconds(pid)
                 result = asyncio.run(
-                    c.run_load(url, flow, seconds=args.seconds, concurrency=args.concurrency)
+                    c.run_load(flow, seconds=args.seconds, concurrency=args.concurrency)
                 )
                 cpu = c.cpu_seconds(pid) - cpu_before
                 pccs_requests = world.pccs.count() if world is not None else 0

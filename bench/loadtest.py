@@ -61,6 +61,28 @@ class RssSampler(threading.Thread):
         return self.samples[-1][1]
 
 
+def report(args: argparse.Namespace, result: c.LoadResult, cpu: float, sampler: RssSampler) -> None:
+    """Print the run's figures."""
+    p50, p99 = c.percentiles(result.latencies)
+    rss = [r for _, r in sampler.samples]
+    c.figure("tee", args.tee)
+    c.figure("workers", args.workers, "d")
+    c.figure("concurrency", args.concurrency, "d")
+    c.figure("seconds", result.seconds)
+    c.figure("flows", result.flows, "d")
+    c.figure("errors", result.errors, "d")
+    c.figure("flows_per_s", result.flows / result.seconds, ".1f")
+    c.figure("p50_ms", p50, ".1f")
+    c.figure("p99_ms", p99, ".1f")
+    c.figure("server_cpu_ms_per_flow", cpu * 1000 / max(result.flows, 1))
+    c.figure("rss_samples", len(rss), "d")
+    c.figure("rss_first_mib", rss[0] / MIB, ".1f")
+    c.figure("rss_last_mib", rss[-1] / MIB, ".1f")
+    c.figure("rss_max_mib", max(rss) / MIB, ".1f")
+    c.figure("rss_mark_s", args.mark, ".0f")
+    c.figure("rss_growth_mark_to_end_mib", (rss[-1] - sampler.at(args.mark)) / MIB, ".1f")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=(__doc__ or "").split("\n", 1)[0],
@@ -98,29 +120,12 @@ def main(argv: list[str] | None = None) -> int:
                 sampler.start()
                 try:
                     result = asyncio.run(
-                        c.run_load(url, flow, seconds=args.seconds, concurrency=args.concurrency)
+                        c.run_load(flow, seconds=args.seconds, concurrency=args.concurrency)
                     )
                 finally:
                     sampler.stop()
                 cpu = c.cpu_seconds(pid) - cpu_before
-    p50, p99 = c.percentiles(result.latencies)
-    rss = [r for _, r in sampler.samples]
-    c.figure("tee", args.tee)
-    c.figure("workers", args.workers, "d")
-    c.figure("concurrency", args.concurrency, "d")
-    c.figure("seconds", result.seconds)
-    c.figure("flows", result.flows, "d")
-    c.figure("errors", result.errors, "d")
-    c.figure("flows_per_s", result.flows / result.seconds, ".1f")
-    c.figure("p50_ms", p50, ".1f")
-    c.figure("p99_ms", p99, ".1f")
-    c.figure("server_cpu_ms_per_flow", cpu * 1000 / max(result.flows, 1))
-    c.figure("rss_samples", len(rss), "d")
-    c.figure("rss_first_mib", rss[0] / MIB, ".1f")
-    c.figure("rss_last_mib", rss[-1] / MIB, ".1f")
-    c.figure("rss_max_mib", max(rss) / MIB, ".1f")
-    c.figure("rss_mark_s", args.mark, ".0f")
-    c.figure("rss_growth_mark_to_end_mib", (rss[-1] - sampler.at(args.mark)) / MIB, ".1f")
+    report(args, result, cpu, sampler)
     for error in result.first_errors:
         print(f"# error: {error}", file=sys.stderr)
     return 1 if result.errors else 0

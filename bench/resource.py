@@ -69,10 +69,10 @@ def main(argv: list[str] | None = None) -> int:
                         raise c.FlowError(f"resource: HTTP {resp.status}")
                     await resp.read()
 
-            asyncio.run(c.run_load(url, fetch, seconds=args.warmup, concurrency=args.concurrency))
+            asyncio.run(c.run_load(fetch, seconds=args.warmup, concurrency=args.concurrency))
             cpu_before = c.cpu_seconds(pid)
             result = asyncio.run(
-                c.run_load(url, fetch, seconds=args.seconds, concurrency=args.concurrency)
+                c.run_load(fetch, seconds=args.seconds, concurrency=args.concurrency)
             )
             cpu = c.cpu_seconds(pid) - cpu_before
 
