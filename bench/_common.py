@@ -41,9 +41,11 @@ if str(ROOT / "tests") not in sys.path:
 
 import aiohttp  # noqa: E402
 import httpx  # noqa: E402
+import psycopg  # noqa: E402
 import rfc8785  # noqa: E402
 from cryptography.hazmat.primitives import serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ed25519  # noqa: E402
+from sqlalchemy.engine import make_url  # noqa: E402
 
 from kbs.client.api import AdminClient  # noqa: E402
 from kbs.client.tee_key import TeeKeyPair  # noqa: E402
@@ -62,6 +64,9 @@ SAMPLE_REFERENCE_VALUES: dict[str, Any] = {
 
 #: The real cloud event log (CCEL + AAEL, 87 events) the TDX guest sends.
 TDX_EVENT_LOG = "eventlog-CCEL_AAEL_alibabacloud"
+
+#: Where --db postgres creates its database unless $KBS_TEST_POSTGRES_URL says otherwise.
+DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
 #: How long a server gets to answer /healthz.
 START_TIMEOUT_S = 60.0
@@ -86,6 +91,50 @@ def add_server_args(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="a few seconds in all: checks that the script works, its figures mean little",
     )
+
+
+def add_database_args(parser: argparse.ArgumentParser) -> None:
+    """``--db`` and ``--postgres-url``."""
+    parser.add_argument(
+        "--db",
+        choices=["sqlite", "postgres"],
+        default="sqlite",
+        help="the server's database (postgres: a database created and dropped by the script)",
+    )
+    add_postgres_url_arg(parser)
+
+
+def add_postgres_url_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--postgres-url",
+        default=os.environ.get("KBS_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL),
+        help="PostgreSQL server on which a kbs_bench_<pid> database is created and dropped; "
+        "the database named in the URL is only connected to "
+        "(default: $KBS_TEST_POSTGRES_URL or %(default)s)",
+    )
+
+
+@contextlib.contextmanager
+def bench_database(db: str, work: Path, postgres_url: str) -> Iterator[str]:
+    """Yield the URL of a fresh database: a SQLite file in ``work``, or a new PostgreSQL one.
+
+    The PostgreSQL database ``kbs_bench_<pid>`` is created on ``postgres_url``'s server
+    and dropped afterwards, so tests using the database in the URL are never disturbed.
+    """
+    if db == "sqlite":
+        yield f"sqlite:///{work / 'kbs.db'}"
+        return
+    parsed = make_url(postgres_url).set(drivername="postgresql")
+    admin_dsn = parsed.render_as_string(hide_password=False)
+    name = f"kbs_bench_{os.getpid()}"
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield parsed.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with psycopg.connect(admin_dsn, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def server_command(kbs: str | None) -> list[str]:

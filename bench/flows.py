@@ -13,7 +13,7 @@ to a guest key, in CPU ms; and the ratio server CPU / floor (issue 8 target <= 1
 TDX; >= 300 TDX flows/s with 2 workers on the 2-core machine, load generator included).
 
     .venv/bin/python bench/flows.py [--tee sample tdx] [--seconds 20] [--concurrency 32]
-        [--workers 2] [--kbs /path/to/other/venv/bin/kbs] [--quick]
+        [--workers 2] [--db sqlite|postgres] [--kbs /path/to/other/venv/bin/kbs] [--quick]
 
 Output: ``<tee>.<figure>: <value>`` lines. Exit status 1 if any flow failed.
 """
@@ -90,13 +90,16 @@ def crypto_floor(guest: Any, world: c.TdxWorld | None, iterations: int) -> dict[
 
 def run_tee(tee: str, args: argparse.Namespace) -> int:
     """Measure one TEE; returns the number of failed flows."""
-    with c.temp_dir(f"kbs-bench-flows-{tee}-") as tmp:
+    with (
+        c.temp_dir(f"kbs-bench-flows-{tee}-") as tmp,
+        c.bench_database(args.db, Path(tmp), args.postgres_url) as database_url,
+    ):
         work = Path(tmp)
         admin = c.Admin.create(work)
         with _world(tee, work) as world:
             guest: Any = c.TdxGuest(world.pki) if world is not None else c.SampleGuest()
             tdx = (world.root_path, world.pccs.url) if world is not None else None
-            config = c.write_config(work, admin, tdx=tdx)
+            config = c.write_config(work, admin, tdx=tdx, database_url=database_url)
             with c.kbs_serve(args.kbs, config, workers=args.workers, work=work) as (url, pid):
                 asyncio.run(c.provision(url, admin, guest.reference_values()))
 
@@ -154,11 +157,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--floor-iterations", type=int, default=200, help="calls per crypto floor round"
     )
+    c.add_database_args(parser)
     c.add_server_args(parser)
     args = parser.parse_args(argv)
     if args.quick:
         args.seconds, args.warmup, args.concurrency, args.floor_iterations = 2.0, 1.0, 8, 10
     c.figure("host_cpus", os.cpu_count() or 0, "d")
+    c.figure("db", args.db)
     errors = sum(run_tee(tee, args) for tee in args.tee)
     return 1 if errors else 0
 

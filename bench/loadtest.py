@@ -9,7 +9,8 @@ sampled every second: first, last, max, and the growth from the ``--mark`` secon
 default, after warm-up allocations) to the end, to show that memory stays flat.
 
     .venv/bin/python bench/loadtest.py [--tee sample|tdx] [--seconds 60]
-        [--concurrency 200] [--workers 2] [--kbs /path/to/other/venv/bin/kbs] [--quick]
+        [--concurrency 200] [--workers 2] [--db sqlite|postgres]
+        [--kbs /path/to/other/venv/bin/kbs] [--quick]
 
 Output: ``<figure>: <value>`` lines. Exit status 1 if any flow failed.
 """
@@ -96,19 +97,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--mark", type=float, default=10.0, help="RSS growth is measured from this second"
     )
+    c.add_database_args(parser)
     c.add_server_args(parser)
     args = parser.parse_args(argv)
     if args.quick:
         args.seconds, args.concurrency, args.mark = 4.0, 20, 1.0
     c.figure("host_cpus", os.cpu_count() or 0, "d")
-    with c.temp_dir("kbs-bench-load-") as tmp:
+    c.figure("db", args.db)
+    with (
+        c.temp_dir("kbs-bench-load-") as tmp,
+        c.bench_database(args.db, Path(tmp), args.postgres_url) as database_url,
+    ):
         work = Path(tmp)
         admin = c.Admin.create(work)
         world_cm: Any = c.TdxWorld.open(work) if args.tee == "tdx" else contextlib.nullcontext()
         with world_cm as world:
             guest: Any = c.TdxGuest(world.pki) if world is not None else c.SampleGuest()
             tdx = (world.root_path, world.pccs.url) if world is not None else None
-            config = c.write_config(work, admin, tdx=tdx)
+            config = c.write_config(work, admin, tdx=tdx, database_url=database_url)
             with c.kbs_serve(args.kbs, config, workers=args.workers, work=work) as (url, pid):
                 asyncio.run(c.provision(url, admin, guest.reference_values()))
 

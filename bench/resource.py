@@ -9,7 +9,7 @@ decrypts the first and the last). Prints fetches/s, latency, the server's CPU ms
 fetch (/proc utime + stime) and fetches/s per server core (= 1000 / CPU ms per fetch;
 issue 8 target >= 1,500).
 
-    .venv/bin/python bench/resource.py [--seconds 15] [--concurrency 16]
+    .venv/bin/python bench/resource.py [--seconds 15] [--concurrency 16] [--db sqlite|postgres]
         [--kbs /path/to/other/venv/bin/kbs] [--quick]
 
 Output: ``<figure>: <value>`` lines. Exit status 1 if any fetch failed.
@@ -48,15 +48,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds")
     parser.add_argument("--concurrency", type=int, default=16, help="concurrent clients")
     parser.add_argument("--workers", type=int, default=1, help="kbs serve --workers")
+    c.add_database_args(parser)
     c.add_server_args(parser)
     args = parser.parse_args(argv)
     if args.quick:
         args.seconds, args.warmup, args.concurrency = 2.0, 0.5, 8
     c.figure("host_cpus", os.cpu_count() or 0, "d")
-    with c.temp_dir("kbs-bench-resource-") as tmp:
+    c.figure("db", args.db)
+    with (
+        c.temp_dir("kbs-bench-resource-") as tmp,
+        c.bench_database(args.db, Path(tmp), args.postgres_url) as database_url,
+    ):
         work = Path(tmp)
         admin = c.Admin.create(work)
-        config = c.write_config(work, admin)
+        config = c.write_config(work, admin, database_url=database_url)
         with c.kbs_serve(args.kbs, config, workers=args.workers, work=work) as (url, pid):
             asyncio.run(c.provision(url, admin, c.SAMPLE_REFERENCE_VALUES))
             key, token = asyncio.run(_token(url))

@@ -37,11 +37,9 @@ from typing import Any
 
 import _common as c
 import psycopg
-from sqlalchemy.engine import make_url
 
 from kbs.client.tee_key import TeeKeyPair
 
-DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 #: Rows per bulk-insert batch.
 BATCH = 50_000
 #: Stored sessions live this long (ms), so the periodic sweep keeps them.
@@ -97,6 +95,9 @@ class SqliteDatabase(Database):
             conn.executemany(sql, rows)
         with contextlib.closing(sqlite3.connect(self.path, timeout=60)) as conn:
             conn.execute("ANALYZE")
+            # Fold the bulk insert's WAL into the database now, not in the server's first
+            # commit during the measurement.
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def insert_sessions(self, count: int, token: str) -> None:
         self._insert(
@@ -120,22 +121,8 @@ class SqliteDatabase(Database):
 class PostgresDatabase(Database):
     name = "postgres"
 
-    def __init__(self, admin_url: str) -> None:
-        parsed = make_url(admin_url)
-        self.admin_dsn = parsed.set(drivername="postgresql").render_as_string(hide_password=False)
-        self.db_name = f"kbs_bench_{os.getpid()}"
-        self.url = parsed.set(drivername="postgresql", database=self.db_name).render_as_string(
-            hide_password=False
-        )
-
-    def create(self) -> None:
-        with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{self.db_name}"')
-            conn.execute(f'CREATE DATABASE "{self.db_name}"')
-
-    def drop(self) -> None:
-        with psycopg.connect(self.admin_dsn, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)')
+    def __init__(self, url: str) -> None:
+        self.url = url
 
     def _copy(self, sql: str, rows: Iterator[tuple[Any, ...]], table: str) -> None:
         with psycopg.connect(self.url) as conn:
@@ -143,7 +130,9 @@ class PostgresDatabase(Database):
                 for row in rows:
                     copy.write_row(row)
             conn.commit()
-            conn.execute(f"ANALYZE {table}")
+        # Set hint bits and the visibility map now, not in the server's first reads.
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            conn.execute(f"VACUUM ANALYZE {table}")
 
     def insert_sessions(self, count: int, token: str) -> None:
         self._copy(
@@ -176,6 +165,7 @@ def run_db(database: Database, work: Path, args: argparse.Namespace) -> int:
     config = c.write_config(work, admin, database_url=database.url)
     errors = 0
     p50s: dict[int, float] = {}
+    cpu_ms: dict[int, float] = {}
     with c.kbs_serve(args.kbs, config, workers=args.workers, work=work) as (url, pid):
         asyncio.run(c.provision(url, admin, c.SAMPLE_REFERENCE_VALUES))
         started = time.perf_counter()
@@ -207,12 +197,15 @@ def run_db(database: Database, work: Path, args: argparse.Namespace) -> int:
             c.figure(f"{prefix}.errors", result.errors, "d")
             c.figure(f"{prefix}.p50_ms", p50)
             c.figure(f"{prefix}.p99_ms", p99)
-            c.figure(f"{prefix}.server_cpu_ms_per_flow", cpu * 1000 / max(result.flows, 1))
+            cpu_ms[size] = cpu * 1000 / max(result.flows, 1)
+            c.figure(f"{prefix}.server_cpu_ms_per_flow", cpu_ms[size])
             errors += result.errors
             for error in result.first_errors:
                 print(f"# {prefix} error: {error}", file=sys.stderr)
     smallest, largest = min(p50s), max(p50s)
-    c.figure(f"{database.name}.p50_growth_{largest}_vs_{smallest}", p50s[largest] / p50s[smallest])
+    growth = f"growth_{largest}_vs_{smallest}"
+    c.figure(f"{database.name}.p50_{growth}", p50s[largest] / p50s[smallest])
+    c.figure(f"{database.name}.server_cpu_{growth}", cpu_ms[largest] / cpu_ms[smallest])
     return errors
 
 
@@ -230,18 +223,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--resources", type=int, default=100_000, help="stored resources")
     parser.add_argument("--flows", type=int, default=400, help="measured flows per size")
-    parser.add_argument("--warmup", type=int, default=40, help="warm-up flows per size")
+    parser.add_argument("--warmup", type=int, default=100, help="warm-up flows per size")
     parser.add_argument("--concurrency", type=int, default=4, help="concurrent guests")
     parser.add_argument("--workers", type=int, default=1, help="kbs serve --workers")
     parser.add_argument(
         "--token-bytes", type=int, default=256, help="length of each stored session's token"
     )
-    parser.add_argument(
-        "--postgres-url",
-        default=os.environ.get("KBS_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL),
-        help="server to create the kbs_bench_<pid> database on "
-        "(default: $KBS_TEST_POSTGRES_URL or %(default)s)",
-    )
+    c.add_postgres_url_arg(parser)
     c.add_server_args(parser)
     args = parser.parse_args(argv)
     if args.quick:
@@ -251,16 +239,12 @@ def main(argv: list[str] | None = None) -> int:
     c.figure("host_cpus", os.cpu_count() or 0, "d")
     errors = 0
     for name in args.db:
-        with c.temp_dir(f"kbs-bench-scale-{name}-") as tmp:
-            if name == "sqlite":
-                errors += run_db(SqliteDatabase(Path(tmp)), Path(tmp), args)
-                continue
-            database = PostgresDatabase(args.postgres_url)
-            database.create()
-            try:
-                errors += run_db(database, Path(tmp), args)
-            finally:
-                database.drop()
+        with (
+            c.temp_dir(f"kbs-bench-scale-{name}-") as tmp,
+            c.bench_database(name, Path(tmp), args.postgres_url) as url,
+        ):
+            database = SqliteDatabase(Path(tmp)) if name == "sqlite" else PostgresDatabase(url)
+            errors += run_db(database, Path(tmp), args)
     return 1 if errors else 0
 
 
