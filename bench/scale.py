@@ -188,7 +188,12 @@ def run_db(database: Database, work: Path, args: argparse.Namespace) -> int:
             prefix = f"{database.name}.sessions_{size}"
             c.figure(f"{prefix}.stored", database.count("kbs_sessions"), "d")
             c.figure(f"{prefix}.insert_s", time.perf_counter() - started)
-            asyncio.run(c.run_load(flow, seconds=60, concurrency=2, max_flows=args.warmup))
+            # Warm up at the measured concurrency, so connection pools have grown already;
+            # the first size gets three times as many (the server has just started).
+            warmup = args.warmup * (3 if not p50s else 1)
+            asyncio.run(
+                c.run_load(flow, seconds=120, concurrency=args.concurrency, max_flows=warmup)
+            )
             cpu_before = c.cpu_seconds(pid)
             result = asyncio.run(
                 c.run_load(flow, seconds=600, concurrency=args.concurrency, max_flows=args.flows)
