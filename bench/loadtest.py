@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     c.add_server_args(parser)
     args = parser.parse_args(argv)
     if args.quick:
-        args.seconds, args.concurrency, args.mark = 4.0, 20, 1.0
+        args.seconds, args.concurrency, args.mark = 2.5, 20, 1.0
     c.figure("host_cpus", os.cpu_count() or 0, "d")
     c.figure("db", args.db)
     with (
