@@ -5,6 +5,7 @@ Usage::
 
     .venv/bin/python bench/verify_offload.py [--seconds 10] [--concurrency 8]
         [--workers 1 2] [--verify-processes 0 1] [--probe-interval-ms 10]
+        [--verifications 800] [--skip-in-process] [--skip-flows]
 
 For every server worker count (``--workers``) and every ``verify_processes`` (0: inline
 on the event loop; N: N verification processes per server worker), one run of full TDX
@@ -24,12 +25,19 @@ several workers it lands on any of them). Printed, one line per run:
 
 The load generator (which also signs every quote) shares the machine's CPUs with the
 server, as in bench/tdx_verify.py.
+
+First, in-process (``--verifications`` per case, no HTTP): ``TdxVerifier.verify`` on
+distinct test-PKI quotes with the event log, inline vs through a one-process
+``VerificationPool``, 1 and 8 concurrent streams: verifications/s, CPU ms per
+verification of the calling process (what holds its event loop: evidence parsing,
+claims, pickling, and the checks themselves when inline) and of the pool process.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import http.client
 import multiprocessing
@@ -45,6 +53,58 @@ import tdx_verify  # bench/tdx_verify.py: the flow, the config, kbs serve
 from tdx_verify import FakePccs, FlowGuest, TestPki
 
 VERIFY_PROCESSES_ENV = "KBS_ATTESTATION_SERVICE__VERIFIER_CONFIG__DCAP_VERIFIER__VERIFY_PROCESSES"
+
+
+def _cpu_seconds(pids: list[int]) -> float:
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for p in pids:
+        fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+async def in_process_section(args: argparse.Namespace) -> None:
+    from attestation.base import NOT_PROVIDED  # noqa: PLC0415
+    from attestation.tdx.pool import VerificationPool  # noqa: PLC0415
+    from attestation.tdx.verifier import TdxVerifier  # noqa: PLC0415
+
+    at, pki, collateral, ccel, digests, quotes = tdx_verify._test_pki_world(256)  # noqa: SLF001
+    source = await tdx_verify.warm_source(collateral, pki.root_der, at)
+    ccel_b64 = base64.b64encode(ccel).decode()
+    evidences = [{"quote": base64.b64encode(q).decode(), "cc_eventlog": ccel_b64} for q in quotes]
+    pool = VerificationPool(1)
+    pids = await asyncio.to_thread(pool.warm)
+    n = args.verifications
+    try:
+        for name, executor in (("inline", None), ("pool", pool)):
+            verifier = TdxVerifier(collateral=source, root_ca_der=pki.root_der, executor=executor)
+
+            async def one(i: int, verifier: TdxVerifier = verifier) -> object:
+                k = i % len(quotes)
+                return await verifier.verify(
+                    evidences[k], report_data=digests[k], init_data_hash=NOT_PROVIDED, at=at
+                )
+
+            await one(0)
+            for streams in (1, 8):
+
+                async def stream(first: int, streams: int = streams) -> None:
+                    for i in range(first, n, streams):
+                        await one(i)
+
+                cpu0, pool0, wall0 = time.process_time(), _cpu_seconds(pids), time.perf_counter()
+                await asyncio.gather(*(stream(k) for k in range(streams)))
+                wall = time.perf_counter() - wall0
+                cpu = time.process_time() - cpu0
+                pool_cpu = _cpu_seconds(pids) - pool0
+                print(
+                    f"in-process {name} streams={streams}: {n / wall:.0f} verifications/s, "
+                    f"caller CPU {cpu / n * 1e3:.3f} ms, pool process CPU "
+                    f"{pool_cpu / n * 1e3:.3f} ms per verification"
+                )
+    finally:
+        pool.shutdown()
 
 
 def _tree_cpu_seconds(pid: int) -> float:
@@ -191,8 +251,15 @@ def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--verify-processes", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--probe-interval-ms", type=float, default=10.0)
+    parser.add_argument("--verifications", type=int, default=800)
+    parser.add_argument("--skip-in-process", action="store_true")
+    parser.add_argument("--skip-flows", action="store_true")
     args = parser.parse_args()
     print(f"host: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
+    if not args.skip_in_process:
+        asyncio.run(in_process_section(args))
+    if args.skip_flows:
+        return
     for workers in args.workers:
         for verify_processes in args.verify_processes:
             run(workers, verify_processes, args)
