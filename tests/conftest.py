@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from attestation.tdx.pool import VerificationPool
+from support.verify_hooks import VERIFY_PROCESSES_ENV
 
 #: Project root (the checkout).
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,9 +25,17 @@ def shared_dir() -> Path:
     return SHARED
 
 
-#: Environment override of ``[attestation_service.verifier_config.dcap_verifier]
-#: verify_processes`` (inherited by ``kbs serve`` processes the tests start).
-VERIFY_PROCESSES_ENV = "KBS_ATTESTATION_SERVICE__VERIFIER_CONFIG__DCAP_VERIFIER__VERIFY_PROCESSES"
+@pytest.fixture(scope="session", autouse=True)
+def _inline_verification_by_default() -> Iterator[None]:
+    """Apps verify TDX quotes inline unless a test asks for the pool.
+
+    Starting and stopping a pool costs every app about half a second of wall time here
+    (most apps never see a quote); the TDX modules run both ways (``verify_processes``),
+    and tests/integration/test_tdx_offload.py sets ``verify_processes`` explicitly.
+    """
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(VERIFY_PROCESSES_ENV, "0")
+        yield
 
 
 @pytest.fixture(scope="module", params=[0, 1], ids=["inline", "pool"])

@@ -37,11 +37,18 @@ from support.tdx_guest import (
     tdx_settings,
 )
 from support.tdx_pki import TestPki
-from support.verify_hooks import held_check_evidence, install_hold
+from support.verify_hooks import VERIFY_PROCESSES_ENV, held_check_evidence, install_hold
 
 ERR = "https://github.com/confidential-containers/kbs/errors/"
 #: Bound on every wait for a file the hook writes (a failure, not a timing target).
 WAIT_S = 60.0
+
+
+@pytest.fixture(autouse=True)
+def _settings_decide(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The suite verifies inline through the environment (which beats the settings we
+    # pass here); these tests set verify_processes themselves.
+    monkeypatch.delenv(VERIFY_PROCESSES_ENV)
 
 
 @pytest.fixture

@@ -19,6 +19,9 @@ from typing import Any
 
 import attestation.tdx.verifier as verifier_module
 
+#: Environment override of ``[attestation_service.verifier_config.dcap_verifier]
+#: verify_processes`` (inherited by ``kbs serve`` processes the tests start).
+VERIFY_PROCESSES_ENV = "KBS_ATTESTATION_SERVICE__VERIFIER_CONFIG__DCAP_VERIFIER__VERIFY_PROCESSES"
 #: How long a held verification waits for ``release`` at most.
 HOLD_TIMEOUT_S = 30.0
 _POLL_S = 0.005
