@@ -37,6 +37,7 @@ from pydantic_settings import (
 )
 
 from attestation.tdx.collateral import ALIBABA_CLOUD_PCCS_URL
+from attestation.tdx.pool import MAX_VERIFY_PROCESSES
 from kbs import __version__
 from kbs.scopes import PathPattern
 from storage_backends.aliyun_kms.settings import (
@@ -303,6 +304,9 @@ class DcapVerifierSettings(_Section):
     retry_interval_s: float = Field(default=60.0, ge=0, le=3600)
     #: Ours, insecure: trust this root CA (DER or PEM) instead of Intel's SGX Root CA.
     insecure_root_ca_path: Path | None = None
+    #: Ours: worker processes per server process that run DCAP verification, so it never
+    #: holds the event loop (dcap-qvl holds the GIL); 0 runs it inline. See docs/tdx.md.
+    verify_processes: int = Field(default=1, ge=0, le=MAX_VERIFY_PROCESSES)
 
     @field_validator("collateral_service", mode="after")
     @classmethod

@@ -40,6 +40,9 @@ from support.tdx_guest import (
 )
 from support.tdx_pki import TD_DEBUG, TestPki
 
+# Every test twice: TDX verification inline and in the process pool (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("verify_processes")
+
 SECRET = b"tdx-model-key"
 ERR = "https://github.com/confidential-containers/kbs/errors/"
 DAY = dt.timedelta(days=1)
