@@ -81,6 +81,8 @@ data_dir = "{work / "data"}"
 insecure_http = true
 [attestation_service]
 insecure_allow_sample_evidence = true
+[rate_limit]
+enabled = false
 [admin]
 authorization_mode = "AuthenticatedAuthorization"
 [admin.authentication.bearer_jwt]
