@@ -15,6 +15,7 @@ from kbs.appraisal import AttestationService
 from kbs.audit import AuditLog
 from kbs.clock import Clock
 from kbs.entropy import Entropy
+from kbs.hotsql import HotSql
 from kbs.ratelimit import RateLimiter
 from kbs.release_policies import ReleasePolicyStore
 from kbs.resources import ResourceRouter
@@ -54,6 +55,8 @@ class KbsState:
     release_policies: ReleasePolicyStore
     #: The TDX verifier's PCCS client and collateral cache (``None``: TDX disabled).
     tdx: TdxService | None = None
+    #: The plain-SQL connections of the hot stores (kbs/hotsql.py), closed at shutdown.
+    hot_sql: HotSql | None = None
 
     @property
     def body_limit(self) -> int:
