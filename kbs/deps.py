@@ -20,8 +20,12 @@ __all__ = ["SESSION_COOKIE", "StateDep", "get_state", "json_response", "read_bod
 SESSION_COOKIE: Final = "kbs-session-id"
 
 
-def get_state(request: Request) -> KbsState:
-    """The application's :class:`KbsState` (set up by the lifespan)."""
+async def get_state(request: Request) -> KbsState:
+    """The application's :class:`KbsState` (set up by the lifespan).
+
+    A coroutine so FastAPI calls it inline: a plain function dependency is run in the
+    thread pool, one thread hand-off per request.
+    """
     state: KbsState = request.app.state.kbs
     return state
 
