@@ -129,16 +129,34 @@ def _is_busy(exc: sqlite3.Error) -> bool:
     )
 
 
+def _one(conn: sqlite3.Connection, sql: str, params: Params) -> Row | None:
+    # The cursor is closed at once: a statement left open would keep the connection's
+    # read snapshot, and a later read would miss other processes' commits.
+    cursor = conn.execute(sql, params)
+    try:
+        row: Row | None = cursor.fetchone()
+    finally:
+        cursor.close()
+    return row
+
+
+def _all(conn: sqlite3.Connection, sql: str, params: Params) -> list[Row]:
+    cursor = conn.execute(sql, params)
+    try:
+        return cursor.fetchall()
+    finally:
+        cursor.close()
+
+
 class _SqliteTx:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
 
     async def fetch_one(self, sql: str, params: Params) -> Row | None:
         try:
-            row: Row | None = self._conn.execute(sql, params).fetchone()
+            return _one(self._conn, sql, params)
         except sqlite3.Error as exc:
             raise HotSqlError(str(exc)) from exc
-        return row
 
     async def execute(self, sql: str, params: Params) -> int:
         try:
@@ -183,11 +201,11 @@ class SqliteInline:
 
     async def fetch_one(self, sql: str, params: Params) -> Row | None:
         """See :meth:`HotSql.fetch_one`."""
-        return await self._retrying(lambda: self._reader.execute(sql, params).fetchone())
+        return await self._retrying(lambda: _one(self._reader, sql, params))
 
     async def fetch_all(self, sql: str, params: Params) -> list[Row]:
         """See :meth:`HotSql.fetch_all`."""
-        return await self._retrying(lambda: self._reader.execute(sql, params).fetchall())
+        return await self._retrying(lambda: _all(self._reader, sql, params))
 
     async def execute(self, sql: str, params: Params) -> int:
         """See :meth:`HotSql.execute`."""

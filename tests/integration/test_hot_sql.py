@@ -99,3 +99,23 @@ def test_engine_sql_converts_named_parameters() -> None:
     assert _pyformat("SELECT a FROM t WHERE x = :x AND y LIKE '5%' AND z = :z_1") == (
         "SELECT a FROM t WHERE x = %(x)s AND y LIKE '5%%' AND z = %(z_1)s"
     )
+
+
+async def test_reads_see_other_connections_commits_at_once(tmp_path: Path) -> None:
+    """A read that stopped after its first row must not pin the reader's snapshot."""
+    path = tmp_path / "rows.db"
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("PRAGMA journal_mode=WAL")
+    other.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)")
+    other.executemany("INSERT INTO t VALUES (?, ?)", [(1, "a"), (2, "b"), (3, "c")])
+    sql = SqliteInline(path, timeout_s=1.0)
+    try:
+        assert await sql.fetch_one("SELECT v FROM t ORDER BY k", {}) == ("a",)
+        other.execute("UPDATE t SET v = 'z' WHERE k = 1")
+        assert await sql.fetch_one("SELECT v FROM t ORDER BY k", {}) == ("z",)
+        assert await sql.execute("UPDATE t SET v = :v WHERE k = :k", {"v": "y", "k": 2}) == 1
+        assert other.execute("SELECT v FROM t WHERE k = 2").fetchone() == ("y",)
+        assert await sql.fetch_all("SELECT k FROM t ORDER BY k", {}) == [(1,), (2,), (3,)]
+    finally:
+        await sql.aclose()
+        other.close()
