@@ -275,11 +275,15 @@ class EngineSql:
         pyformat = engine.dialect.paramstyle == "pyformat"
         self._convert: Callable[[str], str] = _pyformat if pyformat else _identity
 
+    # Single statements run in autocommit: each is its own transaction either way, and
+    # the driver then sends no BEGIN and no COMMIT/ROLLBACK (two round trips fewer).
+
     async def fetch_one(self, sql: str, params: Params) -> Row | None:
         """See :meth:`HotSql.fetch_one`."""
         try:
             async with self._engine.connect() as conn:
-                return await _EngineTx(conn, self._convert).fetch_one(sql, params)
+                auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
+                return await _EngineTx(auto, self._convert).fetch_one(sql, params)
         except SQLAlchemyError as exc:
             raise HotSqlError(type(exc).__name__) from exc
 
@@ -287,7 +291,8 @@ class EngineSql:
         """See :meth:`HotSql.fetch_all`."""
         try:
             async with self._engine.connect() as conn:
-                result = await conn.exec_driver_sql(self._convert(sql), dict(params))
+                auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
+                result = await auto.exec_driver_sql(self._convert(sql), dict(params))
                 return [tuple(row) for row in result.all()]
         except SQLAlchemyError as exc:
             raise HotSqlError(type(exc).__name__) from exc
@@ -295,8 +300,9 @@ class EngineSql:
     async def execute(self, sql: str, params: Params) -> int:
         """See :meth:`HotSql.execute`."""
         try:
-            async with self._engine.begin() as conn:
-                return await _EngineTx(conn, self._convert).execute(sql, params)
+            async with self._engine.connect() as conn:
+                auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
+                return await _EngineTx(auto, self._convert).execute(sql, params)
         except SQLAlchemyError as exc:
             raise HotSqlError(type(exc).__name__) from exc
 

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from kbs import db
 from kbs.audit import AuditEvent
 from kbs.errors import AuditUnavailableError
-from kbs.hotsql import SqliteInline, _pyformat, for_engine
+from kbs.hotsql import EngineSql, HotSqlError, HotTx, SqliteInline, _pyformat, for_engine
 from support.kbs_app import AdminKey, running_kbs, settings_for, without_request_id
 
 ERR = "https://github.com/confidential-containers/kbs/errors/"
@@ -119,3 +120,33 @@ async def test_reads_see_other_connections_commits_at_once(tmp_path: Path) -> No
     finally:
         await sql.aclose()
         other.close()
+
+
+async def test_engine_path_statements_and_transactions(tmp_path: Path) -> None:
+    """EngineSql (PostgreSQL, in-memory SQLite) through an engine: same answers, rollback."""
+    engine = db.make_async_engine(f"sqlite:///{tmp_path / 'engine.db'}")
+    sql = EngineSql(engine)
+    try:
+        await sql.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v TEXT)", {})
+        assert await sql.execute("INSERT INTO t VALUES (:k, :v)", {"k": 1, "v": "a"}) == 1
+        assert await sql.fetch_one("SELECT v FROM t WHERE k = :k", {"k": 1}) == ("a",)
+        assert await sql.fetch_one("SELECT v FROM t WHERE k = :k", {"k": 9}) is None
+
+        async def body(tx: HotTx) -> int:
+            await tx.execute("UPDATE t SET v = :v WHERE k = 1", {"v": "b"})
+            raise RuntimeError("abandon")
+
+        with pytest.raises(RuntimeError):
+            await sql.transaction(body)
+        assert await sql.fetch_all("SELECT k, v FROM t", {}) == [(1, "a")]
+
+        async def ok(tx: HotTx) -> tuple[object, ...] | None:
+            await tx.execute("UPDATE t SET v = :v WHERE k = 1", {"v": "c"})
+            return await tx.fetch_one("SELECT v FROM t WHERE k = 1", {})
+
+        assert await sql.transaction(ok) == ("c",)
+        assert await sql.fetch_all("SELECT k, v FROM t", {}) == [(1, "c")]
+        with pytest.raises(HotSqlError):
+            await sql.fetch_one("SELECT nope FROM t", {})
+    finally:
+        await engine.dispose()
