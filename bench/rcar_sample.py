@@ -79,10 +79,10 @@ environment = "development"
 data_dir = "{work / "data"}"
 [http_server]
 insecure_http = true
+[rate_limit]
+enabled = false  # one load generator address; the limiter would throttle it
 [attestation_service]
 insecure_allow_sample_evidence = true
-[rate_limit]
-enabled = false
 [admin]
 authorization_mode = "AuthenticatedAuthorization"
 [admin.authentication.bearer_jwt]

@@ -20,21 +20,29 @@ __all__ = ["SESSION_COOKIE", "StateDep", "get_state", "json_response", "read_bod
 SESSION_COOKIE: Final = "kbs-session-id"
 
 
-async def get_state(request: Request) -> KbsState:
-    """The application's :class:`KbsState` (set up by the lifespan).
-
-    A coroutine so FastAPI calls it inline: a plain function dependency is run in the
-    thread pool, one thread hand-off per request.
-    """
+def get_state(request: Request) -> KbsState:
+    """The application's :class:`KbsState` (set up by the lifespan)."""
     state: KbsState = request.app.state.kbs
     return state
 
 
-StateDep = Annotated[KbsState, Depends(get_state)]
+async def _state_dependency(request: Request) -> KbsState:
+    # A coroutine so FastAPI calls it inline: a plain function dependency is run in the
+    # thread pool, one thread hand-off per request.
+    return get_state(request)
+
+
+StateDep = Annotated[KbsState, Depends(_state_dependency)]
 
 
 async def read_body(request: Request, limit: int) -> bytes:
     """Read the request body, refusing more than ``limit`` bytes.
+
+    A declared ``Content-Length`` above the limit is refused before anything is read; a
+    body without one (chunked) is refused at the first chunk that would pass the limit,
+    which is not kept: at most ``limit`` bytes are ever held. (uvicorn stops reading the
+    socket while the application has not taken what it has, so it holds at most one
+    high-water mark more.)
 
     Raises:
         PayloadTooLargeError: the body (or its declared length) exceeds ``limit``.
@@ -44,9 +52,9 @@ async def read_body(request: Request, limit: int) -> bytes:
         raise PayloadTooLargeError(f"request body exceeds {limit} bytes")
     body = bytearray()
     async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
+        if len(body) + len(chunk) > limit:
             raise PayloadTooLargeError(f"request body exceeds {limit} bytes")
+        body += chunk
     return bytes(body)
 
 

@@ -16,7 +16,7 @@ from kbs.audit import AuditLog
 from kbs.clock import Clock
 from kbs.entropy import Entropy
 from kbs.hotsql import HotSql
-from kbs.ratelimit import RateLimiter
+from kbs.ratelimit import NO_PROXIES, RateLimiter, TrustedProxies
 from kbs.release_policies import ReleasePolicyStore
 from kbs.resources import ResourceRouter
 from kbs.sessions import SessionStore
@@ -55,6 +55,8 @@ class KbsState:
     release_policies: ReleasePolicyStore
     #: The TDX verifier's PCCS client and collateral cache (``None``: TDX disabled).
     tdx: TdxService | None = None
+    #: ``[http_server] trusted_proxies``: whose ``X-Forwarded-For`` names the client.
+    trusted_proxies: TrustedProxies = NO_PROXIES
     #: The plain-SQL connections of the hot stores (kbs/hotsql.py), closed at shutdown.
     hot_sql: HotSql | None = None
 

@@ -32,7 +32,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from attestation.tdx.collateral import CachingCollateralSource, PccsFetcher
+from attestation.tdx.collateral import CachingCollateralSource, CollateralObserver, PccsFetcher
 from attestation.tdx.dcap import PlatformPolicy, intel_root_ca_der
 from attestation.tdx.verifier import TdxVerifier
 from kbs.clock import Clock
@@ -148,9 +148,14 @@ class TdxService:
 
 
 async def build_tdx_service(
-    settings: DcapVerifierSettings, *, engine: AsyncEngine
+    settings: DcapVerifierSettings,
+    *,
+    engine: AsyncEngine,
+    observer: CollateralObserver | None = None,
 ) -> TdxService | None:
     """Build the TDX verifier and its collateral cache, or ``None`` if disabled.
+
+    ``observer`` is told about PCCS requests and cache lookups (the app's metrics).
 
     Raises:
         OSError: ``insecure_root_ca_path`` cannot be read.
@@ -179,6 +184,7 @@ async def build_tdx_service(
         root_ca_der=root_ca_der,
         tcb_update_type=settings.tcb_update_type,
         timeout=timeout,
+        observer=observer,
     )
     store = SqlCollateralStore(engine)
     source = CachingCollateralSource(
@@ -188,6 +194,7 @@ async def build_tdx_service(
         tcb_update_type=settings.tcb_update_type,
         max_age=dt.timedelta(hours=settings.max_collateral_age_h),
         retry_interval=dt.timedelta(seconds=settings.retry_interval_s),
+        observer=observer,
     )
     verifier = TdxVerifier(
         collateral=source,
