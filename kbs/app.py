@@ -28,7 +28,7 @@ from attestation.errors import AttestationError
 from attestation.registry import VerifierRegistry
 from attestation.sample import SampleDeviceVerifier, SampleVerifier
 from attestation.tdx.verifier import TdxVerifier
-from kbs import __version__, db
+from kbs import __version__, db, hotsql
 from kbs import metrics as metrics_routes
 from kbs.admin_auth import build_admin_authorizer
 from kbs.appraisal import AttestationService
@@ -143,6 +143,8 @@ def create_app(
             await state.resources.aclose()
             if state.tdx is not None:
                 await state.tdx.aclose()
+            if state.hot_sql is not None:
+                await state.hot_sql.aclose()
             await state.engine.dispose()
 
     app = FastAPI(
@@ -333,11 +335,13 @@ async def _build_state(
     at: dt.datetime,
     metrics: Metrics,
 ) -> KbsState:
+    # One plain-SQL connection set for every hot store (kbs/hotsql.py).
+    sql = hotsql.for_engine(engine, timeout_s=settings.database.timeout_s)
     sessions = SessionStore(
-        engine, max_unattested=settings.attestation_service.max_unattested_sessions
+        engine, max_unattested=settings.attestation_service.max_unattested_sessions, sql=sql
     )
-    policies = PolicyStore(engine)
-    reference_values = ReferenceValueStore(engine)
+    policies = PolicyStore(engine, sql=sql)
+    reference_values = ReferenceValueStore(engine, sql=sql)
     policy_engine = RegoEngine()
 
     # Default policies are installed once; uploads survive restarts.
@@ -414,10 +418,13 @@ async def _build_state(
         rate_limiter=RateLimiter.from_settings(settings.rate_limit),
         trusted_proxies=TrustedProxies(settings.http_server.trusted_proxies),
         audit=AuditLog(
-            engine, value_key=await load_or_create_audit_key(engine, at=at, entropy=entropy)
+            engine,
+            value_key=await load_or_create_audit_key(engine, at=at, entropy=entropy),
+            sql=sql,
         ),
-        release_policies=ReleasePolicyStore(engine),
+        release_policies=ReleasePolicyStore(engine, sql=sql),
         tdx=tdx,
+        hot_sql=sql,
     )
 
 

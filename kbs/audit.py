@@ -46,7 +46,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from kbs import db
+from kbs import db, hotsql
 from kbs.entropy import Entropy
 from kbs.errors import AuditUnavailableError, DatabaseUnavailableError
 from kbs.scopes import PathPattern, Permissions
@@ -214,13 +214,26 @@ def _clip(value: str | None, length: int) -> str | None:
     return None if value is None else value[:length]
 
 
+# An append's statements, as plain SQL (kbs/hotsql.py): the head is taken first.
+_TAKE_HEAD: Final = "UPDATE kbs_audit_head SET seq = seq + 1 WHERE id = :id RETURNING seq, hash"
+_INSERT_RECORD: Final = (
+    "INSERT INTO kbs_audit (seq, at, kind, action, outcome, actor, client, request_id, "
+    "resource, detail, prev_hash, hash) VALUES (:seq, :at, :kind, :action, :outcome, :actor, "
+    ":client, :request_id, :resource, :detail, :prev_hash, :hash)"
+)
+_SET_HEAD_HASH: Final = "UPDATE kbs_audit_head SET hash = :hash WHERE id = :id"
+
+
 class AuditLog:
     """Appends to and reads the audit trail."""
 
-    def __init__(self, engine: AsyncEngine, *, value_key: bytes) -> None:
-        """Use ``engine``; ``value_key`` keys the HMAC of resource values."""
+    def __init__(
+        self, engine: AsyncEngine, *, value_key: bytes, sql: hotsql.HotSql | None = None
+    ) -> None:
+        """Use ``engine`` (and ``sql``, default: one made for it); ``value_key`` keys HMACs."""
         self._engine = engine
         self._value_key = value_key
+        self._sql = sql if sql is not None else hotsql.for_engine(engine)
 
     def value_digest(self, data: bytes | None) -> str | None:
         """The HMAC-SHA256 (hex) of a resource value, as records show it."""
@@ -247,29 +260,25 @@ class AuditLog:
             "resource": _clip(event.resource, 800),
             "detail": detail_text,
         }
-        head = db.audit_head
+
+        async def chain(tx: hotsql.HotTx) -> tuple[int, str, str]:
+            # 1. Take the chain head: the first statement is a write (see module doc).
+            taken = await tx.fetch_one(_TAKE_HEAD, {"id": _HEAD_ID})
+            if taken is None:
+                raise AuditUnavailableError("audit chain head is missing")
+            seq, prev_hash = int(taken[0]), str(taken[1])
+            # 2. The record, chained to its predecessor.
+            digest = record_hash(seq=seq, prev_hash=prev_hash, at_ms=at_ms, **_hashed(row))
+            await tx.execute(
+                _INSERT_RECORD, {**row, "seq": seq, "prev_hash": prev_hash, "hash": digest}
+            )
+            # 3. The new head.
+            await tx.execute(_SET_HEAD_HASH, {"id": _HEAD_ID, "hash": digest})
+            return seq, prev_hash, digest
+
         try:
-            async with self._engine.begin() as conn:
-                # 1. Take the chain head: the first statement is a write (see module doc).
-                taken = (
-                    await conn.execute(
-                        sa.update(head)
-                        .where(head.c.id == _HEAD_ID)
-                        .values(seq=head.c.seq + 1)
-                        .returning(head.c.seq, head.c.hash)
-                    )
-                ).first()
-                if taken is None:
-                    raise AuditUnavailableError("audit chain head is missing")
-                seq, prev_hash = int(taken.seq), str(taken.hash)
-                # 2. The record, chained to its predecessor.
-                digest = record_hash(seq=seq, prev_hash=prev_hash, at_ms=at_ms, **_hashed(row))
-                await conn.execute(
-                    db.audit.insert().values(seq=seq, prev_hash=prev_hash, hash=digest, **row)
-                )
-                # 3. The new head.
-                await conn.execute(sa.update(head).where(head.c.id == _HEAD_ID).values(hash=digest))
-        except SQLAlchemyError as exc:
+            seq, prev_hash, digest = await self._sql.transaction(chain)
+        except hotsql.HotSqlError as exc:
             _logger.exception("audit record %s/%s could not be written", event.kind, event.action)
             raise AuditUnavailableError("audit record could not be written") from exc
         return _record(

@@ -26,7 +26,13 @@ def get_state(request: Request) -> KbsState:
     return state
 
 
-StateDep = Annotated[KbsState, Depends(get_state)]
+async def _state_dependency(request: Request) -> KbsState:
+    # A coroutine so FastAPI calls it inline: a plain function dependency is run in the
+    # thread pool, one thread hand-off per request.
+    return get_state(request)
+
+
+StateDep = Annotated[KbsState, Depends(_state_dependency)]
 
 
 async def read_body(request: Request, limit: int) -> bytes:

@@ -42,7 +42,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from kbs import db
+from kbs import db, hotsql
 from kbs.errors import DatabaseUnavailableError, ReleasePolicyError
 from kbs.scopes import PathPattern
 from policy.defaults import policy_hash
@@ -199,12 +199,21 @@ def compile_allow_list(allow: Mapping[str, Sequence[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+#: Every release policy (read on every release; plain SQL, kbs/hotsql.py).
+_COLUMNS: Final = ("prefix", "kind", "text", "source", "sha384", "updated_at", "updated_by")
+_SELECT_ALL: Final = (
+    "SELECT prefix, kind, text, source, sha384, updated_at, updated_by"
+    " FROM kbs_release_policies ORDER BY prefix"
+)
+
+
 class ReleasePolicyStore:
     """Release policies by path pattern, in the database."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
-        """Use ``engine`` for every operation."""
+    def __init__(self, engine: AsyncEngine, *, sql: hotsql.HotSql | None = None) -> None:
+        """Use ``engine`` (and ``sql``, default: one made for it) for every operation."""
         self._engine = engine
+        self._sql = sql if sql is not None else hotsql.for_engine(engine)
 
     async def all(self) -> list[ReleasePolicy]:
         """Every release policy, by pattern.
@@ -213,15 +222,10 @@ class ReleasePolicyStore:
             DatabaseUnavailableError: the database could not be read.
         """
         try:
-            async with self._engine.connect() as conn:
-                rows = (
-                    await conn.execute(
-                        sa.select(db.release_policies).order_by(db.release_policies.c.prefix)
-                    )
-                ).all()
-        except SQLAlchemyError as exc:
+            rows = await self._sql.fetch_all(_SELECT_ALL, {})
+        except hotsql.HotSqlError as exc:
             raise DatabaseUnavailableError("release policies could not be read") from exc
-        return [_policy(row) for row in rows]
+        return [_policy(dict(zip(_COLUMNS, row, strict=True))) for row in rows]
 
     async def get(self, prefix: PathPattern) -> ReleasePolicy | None:
         """The policy on exactly ``prefix``, if any.

@@ -30,7 +30,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from kbs import db
+from kbs import db, hotsql
 from kbs.errors import DatabaseUnavailableError, RateLimitedError
 
 _logger = logging.getLogger(__name__)
@@ -66,28 +66,54 @@ class Session:
         return self.state == ATTESTED
 
 
-def _row_to_session(row: sa.Row[Any]) -> Session:
+# The hot statements, as plain SQL (kbs/hotsql.py); the column order is _row_to_session's.
+_INSERT: Final = (
+    "INSERT INTO kbs_sessions"
+    " (id, state, protocol_version, tee, nonce, request_extra_params, token, expires_at)"
+    " VALUES (:id, :state, :protocol_version, :tee, :nonce, :request_extra_params, :token,"
+    " :expires_at)"
+)
+_SELECT: Final = (
+    "SELECT id, state, protocol_version, tee, nonce, request_extra_params, token, expires_at"
+    " FROM kbs_sessions WHERE id = :id"
+)
+_DELETE_EXPIRED_ONE: Final = "DELETE FROM kbs_sessions WHERE id = :id AND expires_at <= :at"
+_ATTEST: Final = (
+    "UPDATE kbs_sessions SET state = :attested, token = :token WHERE id = :id AND state = :authed"
+)
+
+
+def _row_to_session(row: tuple[Any, ...]) -> Session:
+    sid, state, protocol_version, tee, nonce, extra, token, expires_at = row
     return Session(
-        id=row.id,
-        state=row.state,
-        protocol_version=row.protocol_version,
-        tee=row.tee,
-        nonce=row.nonce,
-        request_extra_params=json.loads(row.request_extra_params),
-        token=row.token,
-        expires_at=db.from_millis(row.expires_at),
+        id=sid,
+        state=state,
+        protocol_version=protocol_version,
+        tee=tee,
+        nonce=nonce,
+        request_extra_params=json.loads(extra),
+        token=token,
+        expires_at=db.from_millis(expires_at),
     )
 
 
 class SessionStore:
     """Sessions in the ``kbs_sessions`` table."""
 
-    def __init__(self, engine: AsyncEngine, *, max_unattested: int | None = None) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        max_unattested: int | None = None,
+        sql: hotsql.HotSql | None = None,
+    ) -> None:
         """Use ``engine`` for every operation; cap live ``authed`` sessions at ``max_unattested``.
 
-        ``None`` sets no cap.
+        ``None`` sets no cap. The hot statements go through ``sql`` (default: one made
+        for ``engine``, kbs/hotsql.py).
         """
         self._engine = engine
+        self._sql = sql if sql is not None else hotsql.for_engine(engine)
         self._max_unattested = max_unattested
         self._counted: int = 0  # live authed sessions at the last count
         self._counted_at: float | None = None  # when (seconds since the epoch)
@@ -161,9 +187,8 @@ class SessionStore:
             "expires_at": db.to_millis(expires_at),
         }
         try:
-            async with self._engine.begin() as conn:
-                await conn.execute(db.sessions.insert().values(**values))
-        except SQLAlchemyError as exc:
+            await self._sql.execute(_INSERT, values)
+        except hotsql.HotSqlError as exc:
             if self._max_unattested is not None:
                 self._since -= 1  # the reservation made by _admit
             raise DatabaseUnavailableError("session could not be stored") from exc
@@ -186,18 +211,15 @@ class SessionStore:
         Raises:
             DatabaseUnavailableError: the database could not be read.
         """
+        at_ms = db.to_millis(at)
         try:
-            async with self._engine.connect() as conn:
-                row = (
-                    await conn.execute(sa.select(db.sessions).where(db.sessions.c.id == session_id))
-                ).first()
-                if row is None:
-                    return None
-                if row.expires_at <= db.to_millis(at):
-                    await conn.execute(db.sessions.delete().where(db.sessions.c.id == session_id))
-                    await conn.commit()
-                    return None
-        except SQLAlchemyError as exc:
+            row = await self._sql.fetch_one(_SELECT, {"id": session_id})
+            if row is None:
+                return None
+            if row[-1] <= at_ms:
+                await self._sql.execute(_DELETE_EXPIRED_ONE, {"id": session_id, "at": at_ms})
+                return None
+        except hotsql.HotSqlError as exc:
             raise DatabaseUnavailableError("session could not be read") from exc
         return _row_to_session(row)
 
@@ -210,22 +232,16 @@ class SessionStore:
         Raises:
             DatabaseUnavailableError: the database could not be written.
         """
+        params = {"id": session.id, "token": token, "attested": ATTESTED, "authed": AUTHED}
         try:
-            async with self._engine.begin() as conn:
-                result = await conn.execute(
-                    db.sessions.update()
-                    .where(db.sessions.c.id == session.id, db.sessions.c.state == AUTHED)
-                    .values(state=ATTESTED, token=token)
-                )
-                if result.rowcount == 1:
-                    self._since -= 1
-                    return _attested(session, token)
-                row = (
-                    await conn.execute(sa.select(db.sessions).where(db.sessions.c.id == session.id))
-                ).first()
-        except SQLAlchemyError as exc:
+            if await self._sql.execute(_ATTEST, params) == 1:
+                self._since -= 1
+                return _attested(session, token)
+            # Not ours to attest any more: the row as the winner left it.
+            row = await self._sql.fetch_one(_SELECT, {"id": session.id})
+        except hotsql.HotSqlError as exc:
             raise DatabaseUnavailableError("session could not be updated") from exc
-        if row is None or row.token is None:
+        if row is None or row[6] is None:
             raise DatabaseUnavailableError("session vanished while being attested")
         return _row_to_session(row)
 

@@ -15,6 +15,7 @@ from kbs.appraisal import AttestationService
 from kbs.audit import AuditLog
 from kbs.clock import Clock
 from kbs.entropy import Entropy
+from kbs.hotsql import HotSql
 from kbs.ratelimit import NO_PROXIES, RateLimiter, TrustedProxies
 from kbs.release_policies import ReleasePolicyStore
 from kbs.resources import ResourceRouter
@@ -56,6 +57,8 @@ class KbsState:
     tdx: TdxService | None = None
     #: ``[http_server] trusted_proxies``: whose ``X-Forwarded-For`` names the client.
     trusted_proxies: TrustedProxies = NO_PROXIES
+    #: The plain-SQL connections of the hot stores (kbs/hotsql.py), closed at shutdown.
+    hot_sql: HotSql | None = None
 
     @property
     def body_limit(self) -> int:

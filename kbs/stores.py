@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from kbs import db
+from kbs import db, hotsql
 from kbs.errors import DatabaseUnavailableError
 from policy.base import ReferenceValue
 
@@ -58,12 +58,21 @@ def policy_sha384(text: str) -> str:
     return hashlib.sha384(text.encode()).hexdigest()
 
 
+_SELECT_POLICY: Final = (
+    "SELECT text FROM kbs_policies WHERE namespace = :namespace AND policy_id = :policy_id"
+)
+_SELECT_LIVE_REFERENCE_VALUES: Final = (
+    "SELECT name, value FROM kbs_reference_values WHERE expires_at IS NULL OR expires_at > :at"
+)
+
+
 class PolicyStore:
     """Rego policy texts by (namespace, id)."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
-        """Use ``engine`` for every operation."""
+    def __init__(self, engine: AsyncEngine, *, sql: hotsql.HotSql | None = None) -> None:
+        """Use ``engine`` (and ``sql``, default: one made for it) for every operation."""
         self._engine = engine
+        self._sql = sql if sql is not None else hotsql.for_engine(engine)
 
     async def get(self, namespace: str, policy_id: str) -> str | None:
         """Return the policy text, or ``None`` if there is none.
@@ -72,15 +81,12 @@ class PolicyStore:
             DatabaseUnavailableError: the database could not be read.
         """
         try:
-            async with self._engine.connect() as conn:
-                return await conn.scalar(
-                    sa.select(db.policies.c.text).where(
-                        db.policies.c.namespace == namespace,
-                        db.policies.c.policy_id == policy_id,
-                    )
-                )
-        except SQLAlchemyError as exc:
+            row = await self._sql.fetch_one(
+                _SELECT_POLICY, {"namespace": namespace, "policy_id": policy_id}
+            )
+        except hotsql.HotSqlError as exc:
             raise DatabaseUnavailableError("policy could not be read") from exc
+        return None if row is None else str(row[0])
 
     async def list(self, namespace: str) -> list[str]:
         """Return the policy ids in ``namespace``, sorted.
@@ -177,9 +183,10 @@ class PolicyStore:
 class ReferenceValueStore:
     """Reference values by name, with expiry."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
-        """Use ``engine`` for every operation."""
+    def __init__(self, engine: AsyncEngine, *, sql: hotsql.HotSql | None = None) -> None:
+        """Use ``engine`` (and ``sql``, default: one made for it) for every operation."""
         self._engine = engine
+        self._sql = sql if sql is not None else hotsql.for_engine(engine)
 
     async def put(self, values: Iterable[ReferenceValue], *, at: dt.datetime) -> None:
         """Store (replace) each value.
@@ -234,15 +241,12 @@ class ReferenceValueStore:
             DatabaseUnavailableError: the database could not be read.
         """
         try:
-            async with self._engine.connect() as conn:
-                rows = await conn.execute(
-                    sa.select(db.reference_values.c.name, db.reference_values.c.value).where(
-                        _live(at)
-                    )
-                )
-                return {row.name: json.loads(row.value) for row in rows}
-        except SQLAlchemyError as exc:
+            rows = await self._sql.fetch_all(
+                _SELECT_LIVE_REFERENCE_VALUES, {"at": db.to_millis(at)}
+            )
+        except hotsql.HotSqlError as exc:
             raise DatabaseUnavailableError("reference values could not be read") from exc
+        return {name: json.loads(value) for name, value in rows}
 
 
 def _live(at: dt.datetime) -> sa.ColumnElement[bool]:

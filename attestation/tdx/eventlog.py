@@ -404,6 +404,8 @@ def _platform_config_flags(event: bytes) -> dict[str, Any]:
     except UnicodeDecodeError:
         text = ""
     text = text.replace("\x10", " ")
+    if text.isprintable():  # no control characters (Cc) at all: skip the per-character pass
+        return _string(text)
     return _string("".join(c for c in text if not _is_control(c)))
 
 

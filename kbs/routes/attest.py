@@ -22,7 +22,7 @@ from kbs.protocol import (
     runtime_data,
     runtime_digest,
 )
-from kbs.routes.audit_hooks import audited_attestation
+from kbs.routes.audit_hooks import audited_attestation, remember_attestation
 from kbs.routes.auth import session_cookie
 
 _logger = logging.getLogger(__name__)
@@ -71,6 +71,7 @@ async def attest(request: Request, state: StateDep) -> Response:
     session = await state.sessions.get(session_id, at=at)
     if session is None:
         raise AttestFailedError(f"{_ATTEST_FAILED}: session not found or expired")
+    remember_attestation(request, tee=session.tee)
     cookie = {"set-cookie": session_cookie(session.id, session.expires_at)}
     # 2. An attested session answers with the token it already holds.
     if session.attested and session.token is not None:
@@ -131,5 +132,6 @@ async def attest(request: Request, state: StateDep) -> Response:
         raise AttestFailedError(f"{_ATTEST_FAILED}: {exc}") from exc
     # 7. The session now holds the token (the first of concurrent attests wins).
     session = await state.sessions.mark_attested(session, issued.token)
+    remember_attestation(request, tee=session.tee, token=issued.token, claims=issued.claims)
     metrics_of(request).attestation_successes.labels(session.tee).inc()
     return json_response({"token": session.token}, headers=cookie)

@@ -41,7 +41,12 @@ __all__ = [
     "record_admin_failure",
     "record_best_effort",
     "record_release",
+    "remember_attestation",
 ]
+
+#: Where the /attest route leaves what it already knows for the attestation record
+#: (``request.state``), so the record costs no session read and no token decoding.
+_ATTESTATION_STATE: Final = "kbs_audit_attestation"
 
 #: Claims of annotated evidence worth keeping in an attestation record, per TEE.
 _MEASUREMENTS: Final = {
@@ -245,6 +250,21 @@ _ANNOTATION_KEYS: Final = frozenset(
 )
 
 
+def remember_attestation(
+    request: Request, *, tee: str, token: str | None = None, claims: Any = None
+) -> None:
+    """Tell :func:`audited_attestation` the session's TEE and, once issued, the token.
+
+    ``claims`` are the claims ``token`` was signed over (for the record's summary).
+    """
+    setattr(request.state, _ATTESTATION_STATE, (tee, token, claims))
+
+
+def _remembered(request: Request) -> tuple[str, str | None, Any] | None:
+    found: tuple[str, str | None, Any] | None = getattr(request.state, _ATTESTATION_STATE, None)
+    return found
+
+
 def audited_attestation(
     endpoint: Callable[..., Awaitable[Response]],
 ) -> Callable[..., Awaitable[Response]]:
@@ -279,6 +299,9 @@ def audited_attestation(
 
 
 async def _session_tee(state: KbsState, request: Request) -> str | None:
+    remembered = _remembered(request)
+    if remembered is not None:
+        return remembered[0]
     session_id = request.cookies.get(SESSION_COOKIE)
     if not session_id:
         return None
@@ -290,9 +313,13 @@ async def _session_tee(state: KbsState, request: Request) -> str | None:
 
 
 async def _record_success(state: KbsState, request: Request, response: Response) -> None:
+    remembered = _remembered(request)
     try:
         token = json.loads(bytes(response.body))["token"]
-        claims = jwt.decode(token, options={"verify_signature": False})
+        if remembered is not None and remembered[1] == token and remembered[2] is not None:
+            claims = remembered[2]  # the claims the route just signed into this token
+        else:
+            claims = jwt.decode(token, options={"verify_signature": False})
     except (ValueError, KeyError, TypeError, jwt.PyJWTError):
         _logger.warning("attest answered without a readable token; not audited")
         return

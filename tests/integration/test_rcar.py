@@ -410,6 +410,41 @@ async def test_alg_none_token(affirming_kbs: RunningKbs) -> None:
     assert "none" in response.json()["detail"]
 
 
+async def test_own_token_header_with_forged_alg_or_payload(affirming_kbs: RunningKbs) -> None:
+    """Our exact token header (jwk + kid) does not make a changed token acceptable."""
+    await affirming_kbs.admin().set_resource("a/b/c", SECRET)
+    async with affirming_kbs.guest() as guest:
+        token = await guest.attest()
+    header_b64, payload_b64, signature = token.split(".")
+    header = jwt.get_unverified_header(token)
+    claims = jwt.decode(token, options={"verify_signature": False})
+    attacker = TeeKeyPair.generate("ec-p256").public_jwk()
+    claims["submods"]["cpu0"]["ear.veraison.annotated-evidence"]["runtime_data_claims"][
+        "tee-pubkey"
+    ] = attacker
+
+    def b64(obj: object) -> str:
+        return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
+
+    cases = {
+        "none": (f"{b64({**header, 'alg': 'none'})}.{b64(claims)}.", "algorithm"),
+        "HS256": (f"{b64({**header, 'alg': 'HS256'})}.{payload_b64}.{signature}", "algorithm"),
+        "payload": (f"{header_b64}.{b64(claims)}.{signature}", "signature verification failed"),
+        "signature": (f"{header_b64}.{payload_b64}.{signature[::-1]}", "signature"),
+    }
+    for bad, detail in cases.values():
+        response = await affirming_kbs.new_http().get(
+            "/kbs/v0/resource/a/b/c", headers={"Authorization": f"Bearer {bad}"}
+        )
+        assert response.status_code == 401
+        assert response.json()["type"] == ERR + "TokenVerifierError"
+        assert detail in response.json()["detail"]
+    ok = await affirming_kbs.new_http().get(
+        "/kbs/v0/resource/a/b/c", headers={"Authorization": f"Bearer {token}"}
+    )
+    assert ok.status_code == 200
+
+
 @pytest.mark.parametrize(
     "path",
     [

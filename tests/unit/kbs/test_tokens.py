@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import json
 
 import jwt
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
 from kbs.errors import TokenVerifierError
@@ -323,3 +325,125 @@ def test_a_jwks_listed_key_is_trusted_even_with_a_header_jwk() -> None:
     )
     with pytest.raises(TokenVerifierError, match="not trusted"):
         verifier.verify(forged, at=AT)
+
+
+# --------------------------------------------------------------------------- own ES256 path
+
+
+def _own() -> tuple[TokenSigner, TokenVerifier]:
+    signer = TokenSigner(ec.generate_private_key(ec.SECP256R1()))
+    return signer, TokenVerifier(own_keys=[signer.public_key])
+
+
+def _segments(token: str) -> list[str]:
+    return token.split(".")
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _reheader(token: str, **changes) -> str:
+    header = jwt.get_unverified_header(token)
+    header.update(changes)
+    header = {k: v for k, v in header.items() if v is not None}
+    _, payload, signature = _segments(token)
+    return ".".join([_b64url(json.dumps(header).encode()), payload, signature])
+
+
+def test_own_path_returns_exactly_what_the_generic_path_returns() -> None:
+    signer, verifier = _own()
+    claims = _claims(submods={"cpu0": {"ear.status": "affirming"}}, nbf=int(AT.timestamp()))
+    token = signer.sign(claims)
+    assert verifier.verify(token, at=AT) == claims
+    generic = TokenVerifier(own_keys=[signer.public_key])
+    generic._own_es256 = {}  # force PyJWT
+    assert generic.verify(token, at=AT) == claims
+
+
+@pytest.mark.parametrize("alg", ["none", "HS256", "ES384", "RS256"])
+def test_own_key_with_another_alg_is_refused(alg: str) -> None:
+    signer, verifier = _own()
+    token = _reheader(signer.sign(_claims()), alg=alg)
+    with pytest.raises(TokenVerifierError, match="algorithm"):
+        verifier.verify(token, at=AT)
+
+
+def test_own_key_with_none_and_no_signature_is_refused() -> None:
+    signer, verifier = _own()
+    header, payload, _ = _segments(_reheader(signer.sign(_claims()), alg="none"))
+    with pytest.raises(TokenVerifierError, match="algorithm"):
+        verifier.verify(f"{header}.{payload}.", at=AT)
+
+
+def test_own_path_bad_signature() -> None:
+    signer, verifier = _own()
+    header, payload, signature = _segments(signer.sign(_claims()))
+    raw = bytearray(base64.urlsafe_b64decode(signature + "=="))
+    raw[5] ^= 1
+    for bad in (
+        _b64url(bytes(raw)),  # flipped bit
+        _b64url(bytes(raw[:63])),  # 63 bytes
+        signature[:-2] + "!!",  # not base64url
+        "",  # empty
+    ):
+        with pytest.raises(TokenVerifierError, match="signature verification failed"):
+            verifier.verify(f"{header}.{payload}.{bad}", at=AT)
+
+
+def test_own_path_tampered_payload() -> None:
+    signer, verifier = _own()
+    header, _, signature = _segments(signer.sign(_claims(x=1)))
+    forged = _b64url(json.dumps(_claims(x=2)).encode())
+    with pytest.raises(TokenVerifierError, match="signature verification failed"):
+        verifier.verify(f"{header}.{forged}.{signature}", at=AT)
+
+
+def test_own_path_payload_must_be_an_object() -> None:
+    signer, verifier = _own()
+    header = _segments(signer.sign(_claims()))[0]
+    payload = _b64url(b"[1,2]")
+    signing_input = f"{header}.{payload}".encode()
+    der = signer._key.sign(signing_input, ec.ECDSA(hashes.SHA256()))
+    r, s = decode_dss_signature(der)
+    signature = _b64url(r.to_bytes(32, "big") + s.to_bytes(32, "big"))
+    with pytest.raises(TokenVerifierError, match="signature verification failed"):
+        verifier.verify(f"{header}.{payload}.{signature}", at=AT)
+
+
+def test_own_path_expiry_and_not_before_use_the_request_instant() -> None:
+    signer, verifier = _own()
+    token = signer.sign(_claims())
+    with pytest.raises(TokenVerifierError, match="expired"):
+        verifier.verify(token, at=AT + dt.timedelta(seconds=361))
+    with pytest.raises(TokenVerifierError, match="no valid exp"):
+        verifier.verify(signer.sign({"iat": 1, "exp": True}), at=AT)
+    early = signer.sign(_claims(nbf=int(AT.timestamp()) + 120))
+    with pytest.raises(TokenVerifierError, match="not yet valid"):
+        verifier.verify(early, at=AT)
+    verifier.verify(early, at=AT + dt.timedelta(seconds=60))  # nbf - 60 s leeway
+
+
+def test_own_header_with_another_key_or_kid_is_not_trusted() -> None:
+    signer, verifier = _own()
+    other = TokenSigner(ec.generate_private_key(ec.SECP256R1()))
+    # Another key claiming our kid: the generic path decides, and does not trust it.
+    token = _reheader(other.sign(_claims()), kid=signer.kid)
+    with pytest.raises(TokenVerifierError, match="not trusted"):
+        verifier.verify(token, at=AT)
+    # Our jwk with the other key's signature: the signature does not verify.
+    header = _segments(signer.sign(_claims()))[0]
+    _, payload, signature = _segments(other.sign(_claims()))
+    with pytest.raises(TokenVerifierError, match="signature verification failed"):
+        verifier.verify(f"{header}.{payload}.{signature}", at=AT)
+
+
+def test_own_header_with_extra_members_takes_the_generic_path() -> None:
+    signer, verifier = _own()
+    headers = {**signer._headers, "cty": "ear"}
+    token = jwt.encode(_claims(x=3), signer._key, algorithm="ES256", headers=headers)
+    assert set(jwt.get_unverified_header(token)) == {"typ", "alg", "jwk", "kid", "cty"}
+    # Not our exact header: PyJWT judges it, and our key is still our key.
+    assert verifier.verify(token, at=AT)["x"] == 3
+    with pytest.raises(TokenVerifierError, match="signature verification failed"):
+        verifier.verify(token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB"), at=AT)
