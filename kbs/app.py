@@ -21,6 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from fastapi import FastAPI, Request, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from attestation.base import Verifier
@@ -28,7 +29,7 @@ from attestation.errors import AttestationError
 from attestation.registry import VerifierRegistry
 from attestation.sample import SampleDeviceVerifier, SampleVerifier
 from attestation.tdx.verifier import TdxVerifier
-from kbs import __version__, db
+from kbs import __version__, db, openapi
 from kbs import metrics as metrics_routes
 from kbs.admin_auth import build_admin_authorizer
 from kbs.appraisal import AttestationService
@@ -152,8 +153,11 @@ def create_app(
         lifespan=lifespan,
     )
     _mount_routes(app, apis)
+    # Every route in the spec, with its bodies and error answers (kbs/openapi.py).
+    openapi.install(app)
     for exc_type in (KbsError, AttestationError, PolicyError, StorageError):
         app.add_exception_handler(exc_type, _error_handler)
+    app.add_exception_handler(StarletteHTTPException, _routing_error_handler)
     if "as" in apis:
         app.add_middleware(restful_as.CollapseSlashesMiddleware)
     app.add_middleware(_CatchAllMiddleware)
@@ -246,6 +250,23 @@ async def _error_handler(request: Request, exc: Exception) -> Response:
         _error_body(request.method, request.url.path, info),
         status_code=info.status,
         headers=headers,
+    )
+
+
+#: Variants of the answers the router itself gives (no route; a route, but not that method).
+_ROUTING_VARIANTS: Final = {404: "PluginNotFound", 405: "MethodNotAllowed"}
+
+
+async def _routing_error_handler(request: Request, exc: Exception) -> Response:
+    """The router's own 404/405 answers in our error body, like every other error."""
+    assert isinstance(exc, StarletteHTTPException)
+    variant = _ROUTING_VARIANTS.get(exc.status_code, "InvalidRequest")
+    detail = "no endpoint at this path" if exc.status_code == 404 else str(exc.detail)  # noqa: PLR2004
+    info = ErrorInfo(status=exc.status_code, variant=variant, detail=detail)
+    return json_response(
+        _error_body(request.method, request.url.path, info),
+        status_code=exc.status_code,
+        headers=dict(exc.headers) if exc.headers else None,
     )
 
 
