@@ -74,8 +74,8 @@ def mutated(draw: st.DrawFn, corpus: dict[str, bytes]) -> bytes:
         size = 2 if kind == "u16" else 4
         pos = draw(st.integers(0, max(0, len(data) - size)))
         value = draw(
-            st.sampled_from([0, 1, 2**(8 * size) - 1, 2**(8 * size - 1)])
-            | st.integers(0, 2**(8 * size) - 1)
+            st.sampled_from([0, 1, 2 ** (8 * size) - 1, 2 ** (8 * size - 1)])
+            | st.integers(0, 2 ** (8 * size) - 1)
         )
         data[pos : pos + size] = value.to_bytes(size, "little")
     elif kind == "splice":
