@@ -15,7 +15,7 @@ from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from schemathesis.python import asgi as st_asgi
 
@@ -75,6 +75,9 @@ def _secrets_outside(root: Path, base: Path) -> list[Path]:
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(path=_PATHS)
+# Valid paths, so that some are always stored and their place checked.
+@example(path="repo/key/tag")
+@example(path="a-b/c_d/e.f")
 def test_any_path_is_stored_in_place_or_refused(served, path: str) -> None:
     client, key, tmp = served
     # Absolute, so no client-side joining resolves dot segments before the app sees them.
@@ -109,5 +112,5 @@ ACCEPTED: list[ResourceDesc] = []
 
 
 def test_some_paths_were_accepted() -> None:
-    # Runs after the property test (file order): it stored real files.
+    # Runs after the property test (file order): its explicit examples store real files.
     assert ACCEPTED

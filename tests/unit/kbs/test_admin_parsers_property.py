@@ -28,6 +28,7 @@ from kbs.as_requests import (
     parse_set_policy,
 )
 from kbs.errors import ReleasePolicyError
+from kbs.protocol import ProtocolError, parse_init_data_toml
 from kbs.release_policies import compile_allow_list, normalise_allow_list
 from kbs.scopes import PathPattern
 from storage_backends import ResourceDesc
@@ -112,7 +113,12 @@ def test_as_attestation_body(body: Any) -> None:
 
 
 @FUZZ
-@given(raw=st.binary(max_size=200) | json_values.map(lambda v: json.dumps(v).encode()))
+@given(
+    raw=st.binary(max_size=200)
+    | json_values.map(lambda v: json.dumps(v).encode())
+    # Deep nesting within any size limit (RecursionError in the parser, once a 500).
+    | st.builds(lambda n, o: o * n, st.integers(1, 100_000), st.sampled_from([b"[", b'{"a":']))
+)
 def test_as_json_loader(raw: bytes) -> None:
     with contextlib.suppress(AsBodyError):
         loads(raw)
@@ -152,3 +158,21 @@ def test_release_policy_allow_lists(raw: Any) -> None:
     assert allow
     # An accepted allow list compiles to Rego (the route then validates it with regorus).
     assert "package" in compile_allow_list(allow)
+
+
+_TOML_OPENERS = st.sampled_from(["[", "{a=", "[{a=", '"""'])
+
+
+@FUZZ
+@given(
+    key=st.sampled_from(["x", '"cdh.toml"', '"aa.toml"', '"policy.rego"']),
+    opener=_TOML_OPENERS,
+    depth=st.integers(1, 20_000),
+    close=st.booleans(),
+)
+def test_init_data_toml_nesting(key: str, opener: str, depth: int, close: bool) -> None:
+    closer = {"[": "]", "{a=": "1}", "[{a=": "1}]", '"""': '"""'}[opener]
+    value = opener * depth + (closer * depth if close else "")
+    body = f'version = "0.1.0"\nalgorithm = "sha384"\n[data]\n{key} = {value}\n'
+    with contextlib.suppress(ProtocolError):
+        parse_init_data_toml(body)
