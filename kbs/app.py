@@ -13,6 +13,7 @@ import contextlib
 import datetime as dt
 import json
 import logging
+import re
 from collections.abc import AsyncIterator, Collection, Sequence
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -160,6 +161,8 @@ def create_app(
     app.add_exception_handler(StarletteHTTPException, _routing_error_handler)
     if "as" in apis:
         app.add_middleware(restful_as.CollapseSlashesMiddleware)
+    # Before routing: a control character in the path never names anything of ours.
+    app.add_middleware(_ControlCharacterMiddleware)
     app.add_middleware(_CatchAllMiddleware)
     # Outside the catch-all, so answers it turns into 500s are counted too.
     app.state.metrics = Metrics()
@@ -268,6 +271,32 @@ async def _routing_error_handler(request: Request, exc: Exception) -> Response:
         status_code=exc.status_code,
         headers=dict(exc.headers) if exc.headers else None,
     )
+
+
+#: C0 controls and DEL. No endpoint, resource path, policy or reference value id has one.
+_CONTROL_CHARACTERS: Final = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class _ControlCharacterMiddleware:
+    """Answer 404 ``InvalidRequestPath`` for a path with a control character in it.
+
+    The router's patterns end in ``$``, which also matches before a final newline, so
+    ``/kbs/v0/resource/a/b/c%0A`` would otherwise act on ``a/b/c``.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and _CONTROL_CHARACTERS.search(scope["path"]):
+            info = describe(InvalidRequestPathError("request path contains a control character"))
+            response = json_response(
+                _error_body(str(scope.get("method")), scope["path"], info),
+                status_code=info.status,
+            )
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 class _CatchAllMiddleware:

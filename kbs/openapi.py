@@ -673,7 +673,11 @@ def _complete(
     for status, (media_type, schema) in doc.ok.items():
         description = fastapi_responses.get(str(status), {}).get("description") or "Success"
         responses[str(status)] = _response(media_type, schema, description)
-    for status in sorted(doc.errors):
+    errors = set(doc.errors)
+    if "{" in path:
+        # A parameter with a control character is refused before routing (kbs/app.py).
+        errors.add(404)
+    for status in sorted(errors):
         description = fastapi_responses.get(str(status), {}).get("description")
         responses[str(status)] = _response(
             _JSON, _error_schema(variants, status), description or _STATUS_TEXT[status]

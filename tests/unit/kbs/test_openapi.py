@@ -140,12 +140,19 @@ async def test_routing_errors_use_the_error_body(tmp_path):
 
     settings = settings_for(tmp_path, make_admin_key(tmp_path))
     async with running_kbs(settings) as kbs:
-        # The catch-all's {rest:path} does not match a newline: the router answers.
-        missing = await kbs.http.get("/kbs/v0/x/a%0Ab")
+        missing = await kbs.http.get("/nowhere")
         wrong_method = await kbs.http.put("/healthz")
+        # "$" in the route patterns matches before a final newline: refused before routing.
+        newline = await kbs.http.post("/kbs/v0/resource/a/b/c%0A", content=b"x")
+        control = await kbs.http.get("/kbs/v0/x/a%01b")
     assert missing.status_code == 404
     assert missing.json()["type"] == ERROR_TYPE_PREFIX + "PluginNotFound"
     assert missing.headers["x-request-id"] == missing.json()["request_id"]
+    for response in (newline, control):
+        assert response.status_code == 404
+        assert response.json()["type"] == ERROR_TYPE_PREFIX + "InvalidRequestPath"
+        assert "control character" in response.json()["detail"]
+    assert not (tmp_path / "repository" / "a" / "b" / "c").exists()
     assert wrong_method.status_code == 405
     assert wrong_method.json()["type"] == ERROR_TYPE_PREFIX + "MethodNotAllowed"
     assert wrong_method.headers["allow"] == "GET"
