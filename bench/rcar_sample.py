@@ -79,6 +79,8 @@ environment = "development"
 data_dir = "{work / "data"}"
 [http_server]
 insecure_http = true
+[rate_limit]
+enabled = false  # one load generator address; the limiter would throttle it
 [attestation_service]
 insecure_allow_sample_evidence = true
 [admin]

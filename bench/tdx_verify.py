@@ -443,6 +443,8 @@ environment = "development"
 data_dir = "{work / "data"}"
 [http_server]
 insecure_http = true
+[rate_limit]
+enabled = false  # one load generator address; the limiter would throttle it
 [attestation_service.verifier_config.dcap_verifier]
 collateral_services = ["{pccs_url}"]
 insecure_root_ca_path = "{work / "root.der"}"

@@ -47,9 +47,9 @@ from kbs.errors import (
     RateLimitedError,
     describe,
 )
-from kbs.metrics import Metrics, MetricsMiddleware
+from kbs.metrics import Metrics, MetricsMiddleware, TimedVerifier
 from kbs.prefix import PathPrefixMiddleware
-from kbs.ratelimit import RateLimiter
+from kbs.ratelimit import RateLimiter, TrustedProxies
 from kbs.release_policies import ReleasePolicyStore
 from kbs.request_id import RequestIdMiddleware, current_request_id, is_guest_request
 from kbs.resources import build_resource_router
@@ -131,7 +131,7 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state, tasks = await _start(settings, clock, entropy, extra_verifiers)
+        state, tasks = await _start(settings, clock, entropy, extra_verifiers, app.state.metrics)
         app.state.kbs = state
         try:
             yield
@@ -339,14 +339,18 @@ async def _start(
     clock: Clock,
     entropy: Entropy,
     extra_verifiers: Sequence[Verifier],
+    metrics: Metrics,
 ) -> tuple[KbsState, list[asyncio.Task[None]]]:
     at = clock.now()
     _warn_insecure(settings)
     url = settings.database_url
     if settings.database.migrate_on_start:
-        await asyncio.to_thread(db.migrate, url)
+        await asyncio.to_thread(db.migrate, url, connect_timeout_s=settings.database.timeout_s)
     engine = db.make_async_engine(
-        url, pool_size=settings.database.pool_size, timeout_s=settings.database.timeout_s
+        url,
+        pool_size=settings.database.pool_size,
+        timeout_s=settings.database.timeout_s,
+        statement_timeout_s=settings.database.statement_timeout_s,
     )
     try:
         state = await _build_state(
@@ -356,6 +360,7 @@ async def _start(
             extra_verifiers=extra_verifiers,
             engine=engine,
             at=at,
+            metrics=metrics,
         )
     except BaseException:
         await engine.dispose()
@@ -376,8 +381,11 @@ async def _build_state(
     extra_verifiers: Sequence[Verifier],
     engine: Any,
     at: dt.datetime,
+    metrics: Metrics,
 ) -> KbsState:
-    sessions = SessionStore(engine)
+    sessions = SessionStore(
+        engine, max_unattested=settings.attestation_service.max_unattested_sessions
+    )
     policies = PolicyStore(engine)
     reference_values = ReferenceValueStore(engine)
     policy_engine = RegoEngine()
@@ -412,11 +420,14 @@ async def _build_state(
     tdx: TdxService | None = None
     if not any(v.tee == TdxVerifier.tee for v in verifiers):
         tdx = await build_tdx_service(
-            settings.attestation_service.verifier_config.dcap_verifier, engine=engine
+            settings.attestation_service.verifier_config.dcap_verifier,
+            engine=engine,
+            observer=metrics,
         )
     if tdx is not None:
         verifiers.append(tdx.verifier)
-    registry = VerifierRegistry(verifiers)
+    # Every verifier is timed (kbs_evidence_verification_seconds; for tdx, DCAP).
+    registry = VerifierRegistry(TimedVerifier(v, metrics) for v in verifiers)
     _logger.info("evidence verifiers enabled: %s", ", ".join(registry.tees) or "none")
 
     admin_authorizer = build_admin_authorizer(settings.admin)
@@ -445,10 +456,13 @@ async def _build_state(
         signer=signer,
         token_verifier=token_verifier,
         attestation=attestation,
-        resources=build_resource_router(settings, engine=engine, clock=clock.now, entropy=entropy),
+        resources=build_resource_router(
+            settings, engine=engine, clock=clock.now, entropy=entropy, kms_observer=metrics
+        ),
         admin=admin_authorizer,
         simple_signer=simple_signer,
         rate_limiter=RateLimiter.from_settings(settings.rate_limit),
+        trusted_proxies=TrustedProxies(settings.http_server.trusted_proxies),
         audit=AuditLog(
             engine, value_key=await load_or_create_audit_key(engine, at=at, entropy=entropy)
         ),

@@ -34,6 +34,9 @@ __all__ = ["app_from_environment", "main"]
 DEV_PROFILE_ENV: Final = "KBS_SERVE_DEV_DATA_DIR"
 #: Set by ``kbs serve`` for its workers: the log level.
 LOG_LEVEL_ENV: Final = "KBS_LOG_LEVEL"
+#: ``text`` or ``json``: the default of ``--log-format``, and how ``kbs serve`` tells its
+#: workers.
+LOG_FORMAT_ENV: Final = "KBS_LOG_FORMAT"
 #: Set by ``kbs serve --api`` for its workers: which APIs to serve (``all``, ``kbs``, ``as``).
 SERVE_API_ENV: Final = "KBS_SERVE_API"
 #: ``--api`` choices and the APIs each serves.
@@ -45,11 +48,16 @@ _API_CHOICES: Final[dict[str, tuple[ApiName, ...]]] = {
 #: kbs.metrics.MULTIPROC_DIR_ENV (not imported: it would load the web stack here).
 PROMETHEUS_MULTIPROC_DIR_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
 
-_LOG_FORMAT: Final = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+def _default_log_format() -> str:
+    return "json" if os.environ.get(LOG_FORMAT_ENV) == "json" else "text"
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format=_LOG_FORMAT, stream=sys.stderr, force=True)
+def _configure_logging(level: str, log_format: str | None = None) -> None:
+    from kbs.logs import configure_logging  # noqa: PLC0415 - keep --help fast
+
+    fmt = log_format or _default_log_format()
+    configure_logging(level, "json" if fmt == "json" else "text")
 
 
 def ensure_dev_admin_key(data_dir: Path) -> tuple[Path, Path]:
@@ -131,6 +139,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from kbs.clock import SystemClock  # noqa: PLC0415
     from kbs.entropy import system_entropy  # noqa: PLC0415
+    from kbs.httpserver import HeaderLimitedHttpToolsProtocol, ServerConfig  # noqa: PLC0415
     from kbs.resources import check_resource_backends  # noqa: PLC0415
     from kbs.settings import ConfigError, load_settings  # noqa: PLC0415
 
@@ -144,6 +153,8 @@ def _serve(args: argparse.Namespace) -> int:
     if args.config is not None:
         os.environ["KBS_CONFIG_FILE"] = str(args.config)
     os.environ[LOG_LEVEL_ENV] = args.log_level
+    os.environ[LOG_FORMAT_ENV] = args.log_format
+    _configure_logging(args.log_level, args.log_format)
     os.environ[SERVE_API_ENV] = args.api
     try:
         settings = load_settings(args.config, overrides=overrides)
@@ -165,12 +176,17 @@ def _serve(args: argparse.Namespace) -> int:
         )
     addresses = args.listen or settings.http_server.sockets
     sockets = [_bind(addr) for addr in addresses]
-    config = uvicorn.Config(
+    config = ServerConfig(
         "kbs.asgi:app",
         workers=workers,
         log_config=None,
         server_header=False,
         proxy_headers=False,
+        # httptools with a bound on the request head (kbs/httpserver.py); uvicorn's own
+        # httptools protocol has none and its h11 one stops at 16 KiB.
+        http=HeaderLimitedHttpToolsProtocol,
+        h11_max_incomplete_event_size=settings.http_server.request_header_size * 1024,
+        request_header_timeout_s=settings.http_server.request_header_timeout_s,
         ssl_keyfile=str(tls[0]) if tls else None,
         ssl_certfile=str(tls[1]) if tls else None,
         timeout_graceful_shutdown=10,
@@ -218,6 +234,8 @@ def _metrics_dir() -> Iterator[None]:
 
 
 def _migrate(args: argparse.Namespace) -> int:
+    from sqlalchemy.exc import OperationalError  # noqa: PLC0415
+
     from kbs import db  # noqa: PLC0415
     from kbs.settings import ConfigError, load_settings  # noqa: PLC0415
 
@@ -226,7 +244,12 @@ def _migrate(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"kbs migrate: {exc}", file=sys.stderr)
         return 2
-    db.migrate(settings.database_url)
+    try:
+        db.migrate(settings.database_url, connect_timeout_s=settings.database.timeout_s)
+    except OperationalError as exc:
+        # The driver's message names the host, never the password; no traceback.
+        print(f"kbs migrate: database unreachable: {exc.orig}", file=sys.stderr)
+        return 1
     print("database schema is current")
     return 0
 
@@ -351,7 +374,9 @@ def _audit_verify(args: argparse.Namespace) -> int:
             print(f"kbs audit verify: --anchor {anchor!r} is not SEQ:HASH", file=sys.stderr)
             return 2
         anchors.append((int(seq), digest))
-    engine = db.make_sync_engine(args.database_url or settings.database_url)
+    engine = db.make_sync_engine(
+        args.database_url or settings.database_url, connect_timeout_s=settings.database.timeout_s
+    )
     try:
         with engine.connect() as conn:
             report = verify_chain(conn, anchors=anchors)
@@ -422,6 +447,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="which APIs to serve: all (default), kbs (/kbs/v0/...), or as (the Trustee "
         "restful-as compatible attestation service at / and /as/); health and the JWK Set "
         "are always served",
+    )
+    serve.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default=_default_log_format(),
+        help="text for people (default), or json: one object per line with time, level, "
+        f"logger, message and request_id (default from ${LOG_FORMAT_ENV})",
     )
     serve.add_argument(
         "--listen",

@@ -14,6 +14,7 @@ import contextlib
 import datetime as dt
 import fcntl
 import logging
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
@@ -57,6 +58,8 @@ sessions: Final = sa.Table(
     sa.Column("request_extra_params", sa.Text, nullable=False),
     sa.Column("token", sa.Text, nullable=True),
     sa.Column("expires_at", sa.BigInteger, nullable=False, index=True),
+    # Counting live unattested sessions (migration 0003).
+    sa.Index("ix_kbs_sessions_state_expires_at", "state", "expires_at"),
 )
 
 #: Rego policies by namespace ("attestation" for appraisal policies, "resource" for release).
@@ -195,8 +198,40 @@ def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def make_async_engine(url: str, *, pool_size: int = 10, timeout_s: float = 5.0) -> AsyncEngine:
+#: Seconds a synchronous connection (migrations, admin commands) may take to open.
+SYNC_CONNECT_TIMEOUT_S: Final = 10.0
+#: libpq counts ``connect_timeout`` in whole seconds and treats less than 2 as 2.
+_PG_MIN_CONNECT_TIMEOUT_S: Final = 2
+
+
+def _pg_connect_args(
+    connect_timeout_s: float, statement_timeout_s: float | None = None
+) -> dict[str, Any]:
+    """Libpq options bounding a PostgreSQL connection attempt and each statement.
+
+    ``connect_timeout`` covers TCP, TLS and the start-up exchange (psycopg enforces it
+    client-side, so a server that accepts and never answers is given up on too);
+    ``statement_timeout`` makes the server cancel a statement (including lock waits).
+    """
+    args: dict[str, Any] = {
+        "connect_timeout": max(_PG_MIN_CONNECT_TIMEOUT_S, math.ceil(connect_timeout_s))
+    }
+    if statement_timeout_s is not None:
+        args["options"] = f"-c statement_timeout={math.ceil(statement_timeout_s * 1000)}"
+    return args
+
+
+def make_async_engine(
+    url: str,
+    *,
+    pool_size: int = 10,
+    timeout_s: float = 5.0,
+    statement_timeout_s: float | None = None,
+) -> AsyncEngine:
     """Create the async engine the application uses.
+
+    ``timeout_s`` bounds opening a connection and waiting for a pooled one;
+    ``statement_timeout_s`` (PostgreSQL) bounds each statement (``None``: unbounded).
 
     Raises:
         ValueError: the URL scheme is not SQLite or PostgreSQL.
@@ -215,12 +250,16 @@ def make_async_engine(url: str, *, pool_size: int = 10, timeout_s: float = 5.0) 
         max_overflow=pool_size,
         pool_timeout=timeout_s,
         pool_pre_ping=True,
-        connect_args={"connect_timeout": max(1, int(timeout_s))},
+        connect_args=_pg_connect_args(timeout_s, statement_timeout_s),
     )
 
 
-def make_sync_engine(url: str) -> Engine:
-    """Create a synchronous engine (migrations, admin commands)."""
+def make_sync_engine(url: str, *, connect_timeout_s: float = SYNC_CONNECT_TIMEOUT_S) -> Engine:
+    """Create a synchronous engine (migrations, admin commands).
+
+    Opening a PostgreSQL connection gives up after ``connect_timeout_s``; statements are
+    not bounded (a migration may wait for another process's migration lock).
+    """
     target = _normalise(url, async_=False)
     if target.drivername.startswith("sqlite"):
         path = _sqlite_path(target)
@@ -229,7 +268,9 @@ def make_sync_engine(url: str) -> Engine:
         engine = sa.create_engine(target, poolclass=sa.pool.NullPool)
         sa.event.listen(engine, "connect", _on_sqlite_connect)
         return engine
-    return sa.create_engine(target, poolclass=sa.pool.NullPool)
+    return sa.create_engine(
+        target, poolclass=sa.pool.NullPool, connect_args=_pg_connect_args(connect_timeout_s)
+    )
 
 
 # --------------------------------------------------------------------------- migrations
@@ -256,14 +297,17 @@ def _file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def migrate(url: str, revision: str = "head") -> None:
+def migrate(
+    url: str, revision: str = "head", *, connect_timeout_s: float = SYNC_CONNECT_TIMEOUT_S
+) -> None:
     """Bring the schema at ``url`` to ``revision``, serialised across processes.
 
     PostgreSQL: a session-level advisory lock around the upgrade. SQLite: an exclusive
     lock on a ``.migrate.lock`` file beside the database. A process that waits for the
-    lock finds the schema already current and does nothing.
+    lock finds the schema already current and does nothing. Connecting gives up after
+    ``connect_timeout_s``.
     """
-    engine = make_sync_engine(url)
+    engine = make_sync_engine(url, connect_timeout_s=connect_timeout_s)
     try:
         target = _normalise(url, async_=False)
         if target.drivername.startswith("sqlite"):

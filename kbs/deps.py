@@ -32,6 +32,12 @@ StateDep = Annotated[KbsState, Depends(get_state)]
 async def read_body(request: Request, limit: int) -> bytes:
     """Read the request body, refusing more than ``limit`` bytes.
 
+    A declared ``Content-Length`` above the limit is refused before anything is read; a
+    body without one (chunked) is refused at the first chunk that would pass the limit,
+    which is not kept: at most ``limit`` bytes are ever held. (uvicorn stops reading the
+    socket while the application has not taken what it has, so it holds at most one
+    high-water mark more.)
+
     Raises:
         PayloadTooLargeError: the body (or its declared length) exceeds ``limit``.
     """
@@ -40,9 +46,9 @@ async def read_body(request: Request, limit: int) -> bytes:
         raise PayloadTooLargeError(f"request body exceeds {limit} bytes")
     body = bytearray()
     async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
+        if len(body) + len(chunk) > limit:
             raise PayloadTooLargeError(f"request body exceeds {limit} bytes")
+        body += chunk
     return bytes(body)
 
 

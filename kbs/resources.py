@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from kbs.entropy import Entropy, system_entropy
 from kbs.settings import ConfigError, KbsSettings, ResourceBackendSettings
-from storage_backends.aliyun_kms import AliyunKmsBackend, AliyunKmsConfigError
+from storage_backends.aliyun_kms import AliyunKmsBackend, AliyunKmsConfigError, KmsObserver
 from storage_backends.base import (
     ResourceDesc,
     ResourceInfo,
@@ -205,6 +205,7 @@ def build_resource_router(
     engine: AsyncEngine,
     clock: Callable[[], dt.datetime],
     entropy: Entropy = system_entropy,
+    kms_observer: KmsObserver | None = None,
 ) -> ResourceRouter:
     """Build the backends the configuration names.
 
@@ -214,7 +215,7 @@ def build_resource_router(
       flat files under ``<dir_path>/repository``; ``"Postgres"``: the database;
       ``"Memory"``: process memory (lost on restart); no ``[storage_backend]``: the database;
     * ``Aliyun``: Alibaba Cloud KMS (``clock`` dates its requests, ``entropy`` makes
-      version ids and retry jitter);
+      version ids and retry jitter, ``kms_observer`` counts its calls);
     * each ``[[plugins.mounts]]`` entry: one of the above for its ``<repository>/<type>``,
       in front of the default.
 
@@ -237,13 +238,25 @@ def build_resource_router(
             entry.repository,
             entry.resource_type,
             _build_backend(
-                entry, entry.path, settings, engine=engine, clock=clock, entropy=entropy
+                entry,
+                entry.path,
+                settings,
+                engine=engine,
+                clock=clock,
+                entropy=entropy,
+                kms_observer=kms_observer,
             ),
         )
         for entry in plugin.mounts
     ]
     default_backend = _build_backend(
-        plugin, "*/*", settings, engine=engine, clock=clock, entropy=entropy
+        plugin,
+        "*/*",
+        settings,
+        engine=engine,
+        clock=clock,
+        entropy=entropy,
+        kms_observer=kms_observer,
     )
     router = ResourceRouter([*mounts, Mount(None, None, default_backend)])
     if mounts:
@@ -262,6 +275,7 @@ def _build_backend(
     engine: AsyncEngine,
     clock: Callable[[], dt.datetime],
     entropy: Entropy,
+    kms_observer: KmsObserver | None = None,
 ) -> StorageBackend:
     keep = settings.keep_resource_versions
     backend: StorageBackend
@@ -285,7 +299,9 @@ def _build_backend(
             )
             backend = MemoryBackend(keep_versions=keep, clock=clock)
     elif entry.storage_backend_type == "Aliyun":
-        backend = _aliyun_backend(entry, label, clock=clock, entropy=entropy)
+        backend = _aliyun_backend(
+            entry, label, clock=clock, entropy=entropy, kms_observer=kms_observer
+        )
     else:
         raise ValueError(f"resource backend {entry.storage_backend_type!r} is not available")
     return backend
@@ -297,9 +313,12 @@ def _aliyun_backend(
     *,
     clock: Callable[[], dt.datetime],
     entropy: Entropy,
+    kms_observer: KmsObserver | None = None,
 ) -> AliyunKmsBackend:
     try:
-        return AliyunKmsBackend(entry.aliyun_kms_settings(), now=clock, entropy=entropy)
+        return AliyunKmsBackend(
+            entry.aliyun_kms_settings(), now=clock, entropy=entropy, observer=kms_observer
+        )
     except AliyunKmsConfigError as exc:
         # The message names keys, files and the client key id, never a secret.
         raise ConfigError(f"resource backend {label}: {exc}") from exc

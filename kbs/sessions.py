@@ -5,13 +5,24 @@ A session is opened by ``/auth`` (state ``authed``: it holds the challenge) and 
 a successful ``/attest`` (state ``attested``: it holds the token). It is bound to
 nothing but its random id, carried in the ``kbs-session-id`` cookie. Expired sessions
 are deleted lazily on read and by a periodic sweep.
+
+``/auth`` needs no credentials, so a flood of it would fill the table. The store refuses
+a new session (429) while ``max_unattested`` live ``authed`` sessions exist, counted in
+the database so the cap holds across replicas. Counting on every ``/auth`` would cost a
+range scan per request; instead each process counts at most once per
+:data:`UNATTESTED_RECOUNT_INTERVAL_S` (a scan of the ``(state, expires_at)`` index that
+stops at the cap, so a flood cannot make it dearer) and adds the sessions it opened and
+attested since. Expired sessions are never counted.
+With N replicas the cap can be overshot by what the others open within one interval.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -20,7 +31,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from kbs import db
-from kbs.errors import DatabaseUnavailableError
+from kbs.errors import DatabaseUnavailableError, RateLimitedError
 
 _logger = logging.getLogger(__name__)
 
@@ -31,6 +42,9 @@ ATTESTED: Final = "attested"
 
 #: Session ids are 16 random bytes in lower-case hex (the reference's UUID "simple" form).
 SESSION_ID_BYTES: Final = 16
+
+#: Seconds a process trusts its last count of live unattested sessions.
+UNATTESTED_RECOUNT_INTERVAL_S: Final = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,9 +82,55 @@ def _row_to_session(row: sa.Row[Any]) -> Session:
 class SessionStore:
     """Sessions in the ``kbs_sessions`` table."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
-        """Use ``engine`` for every operation."""
+    def __init__(self, engine: AsyncEngine, *, max_unattested: int | None = None) -> None:
+        """Use ``engine`` for every operation; cap live ``authed`` sessions at ``max_unattested``.
+
+        ``None`` sets no cap.
+        """
         self._engine = engine
+        self._max_unattested = max_unattested
+        self._counted: int = 0  # live authed sessions at the last count
+        self._counted_at: float | None = None  # when (seconds since the epoch)
+        self._since: int = 0  # opened minus attested by this process since then
+        self._recount_lock = asyncio.Lock()
+
+    async def _admit(self, at: dt.datetime) -> None:
+        """Refuse a new session when the cap on unattested sessions is reached.
+
+        Raises:
+            RateLimitedError: the cap is reached (429).
+            DatabaseUnavailableError: the sessions could not be counted.
+        """
+        if self._max_unattested is None:
+            return
+        now = at.timestamp()
+        if self._stale(now):
+            async with self._recount_lock:
+                if self._stale(now):  # another request may have recounted meanwhile
+                    self._counted = await self.count_unattested(at=at, up_to=self._max_unattested)
+                    self._counted_at = now
+                    self._since = 0
+        if self._counted + self._since >= self._max_unattested:
+            _logger.warning(
+                "auth: refused a session, %d live sessions await attestation (limit %d)",
+                self._counted + self._since,
+                self._max_unattested,
+            )
+            raise RateLimitedError(
+                "too many sessions awaiting attestation",
+                retry_after_s=max(1, math.ceil(UNATTESTED_RECOUNT_INTERVAL_S)),
+            )
+        # Reserved before the insert awaits, so concurrent requests see each other.
+        self._since += 1
+
+    def _stale(self, now: float) -> bool:
+        counted_at = self._counted_at
+        # A clock that steps backwards also forces a count.
+        return (
+            counted_at is None
+            or now < counted_at
+            or now - counted_at >= UNATTESTED_RECOUNT_INTERVAL_S
+        )
 
     async def create(
         self,
@@ -81,12 +141,15 @@ class SessionStore:
         nonce: str,
         request_extra_params: Any,
         expires_at: dt.datetime,
+        at: dt.datetime,
     ) -> Session:
-        """Open a new ``authed`` session.
+        """Open a new ``authed`` session at instant ``at``.
 
         Raises:
-            DatabaseUnavailableError: the database could not be written.
+            RateLimitedError: ``max_unattested`` live sessions await attestation.
+            DatabaseUnavailableError: the database could not be written or counted.
         """
+        await self._admit(at)
         values = {
             "id": session_id,
             "state": AUTHED,
@@ -101,6 +164,8 @@ class SessionStore:
             async with self._engine.begin() as conn:
                 await conn.execute(db.sessions.insert().values(**values))
         except SQLAlchemyError as exc:
+            if self._max_unattested is not None:
+                self._since -= 1  # the reservation made by _admit
             raise DatabaseUnavailableError("session could not be stored") from exc
         return Session(
             id=session_id,
@@ -153,6 +218,7 @@ class SessionStore:
                     .values(state=ATTESTED, token=token)
                 )
                 if result.rowcount == 1:
+                    self._since -= 1
                     return _attested(session, token)
                 row = (
                     await conn.execute(sa.select(db.sessions).where(db.sessions.c.id == session.id))
@@ -177,6 +243,29 @@ class SessionStore:
         except SQLAlchemyError as exc:
             raise DatabaseUnavailableError("expired sessions could not be purged") from exc
         return int(result.rowcount or 0)
+
+    async def count_unattested(self, *, at: dt.datetime, up_to: int | None = None) -> int:
+        """Number of ``authed`` sessions that have not expired at ``at``.
+
+        With ``up_to``, counting stops there (the answer is at most ``up_to``): the cost
+        stays bounded by the cap however many sessions a flood has written.
+
+        Raises:
+            DatabaseUnavailableError: the database could not be read.
+        """
+        live = (
+            # Only indexed columns: the (state, expires_at) index answers alone.
+            sa.select(db.sessions.c.expires_at)
+            .where(db.sessions.c.state == AUTHED, db.sessions.c.expires_at > db.to_millis(at))
+            .limit(up_to)
+            .subquery()
+        )
+        try:
+            async with self._engine.connect() as conn:
+                value = await conn.scalar(sa.select(sa.func.count()).select_from(live))
+        except SQLAlchemyError as exc:
+            raise DatabaseUnavailableError("sessions could not be counted") from exc
+        return int(value or 0)
 
     async def count_live(self, *, at: dt.datetime) -> int:
         """Number of sessions that have not expired at ``at``.

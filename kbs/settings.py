@@ -37,6 +37,7 @@ from pydantic_settings import (
 )
 
 from attestation.tdx.collateral import ALIBABA_CLOUD_PCCS_URL
+from attestation.tdx.pool import MAX_VERIFY_PROCESSES
 from kbs import __version__
 from kbs.scopes import PathPattern
 from storage_backends.aliyun_kms.settings import (
@@ -107,8 +108,12 @@ class DatabaseSettings(_Section):
     migrate_on_start: bool = True
     #: Connection pool size per process (PostgreSQL).
     pool_size: int = Field(default=10, ge=1, le=200)
-    #: Seconds to wait for a connection or a statement before answering 503.
+    #: Seconds to wait for a connection (opening one, or a free one from the pool)
+    #: before answering 503. PostgreSQL counts whole seconds, at least 2.
     timeout_s: float = Field(default=5.0, gt=0, le=120)
+    #: PostgreSQL: seconds a statement (lock waits included) may run before the server
+    #: cancels it (503). Generous: the periodic sweep deletes many expired rows at once.
+    statement_timeout_s: float = Field(default=30.0, gt=0, le=3600)
 
 
 # --------------------------------------------------------------------------- http
@@ -123,6 +128,14 @@ class HttpServerSettings(_Section):
     certificate: Path | None = None
     #: Request body limit in MiB (Trustee's default 2).
     payload_request_size: int = Field(default=2, ge=1, le=1024)
+    #: Ours: request line + headers limit in KiB (large Bearer tokens); above it 431.
+    request_header_size: int = Field(default=128, ge=8, le=16 * 1024)
+    #: Ours: seconds a client has, from connecting or starting a request, to send the
+    #: complete request line and headers; then 408 and the connection is closed.
+    request_header_timeout_s: float = Field(default=10.0, gt=0, le=3600)
+    #: Ours: proxies (addresses or CIDR networks) whose ``X-Forwarded-For`` names the
+    #: client for rate limits, logs and audit (kbs/ratelimit.py). Empty: trust none.
+    trusted_proxies: list[str] = Field(default_factory=list)
     worker_count: int | None = Field(default=None, ge=1, le=256)
     tls_profile: Literal["old", "intermediate", "modern", "custom"] = "intermediate"
     tls_min_version: Literal["1.2", "1.3"] | None = None
@@ -141,6 +154,18 @@ class HttpServerSettings(_Section):
         from kbs.prefix import normalise_path_prefix  # noqa: PLC0415 - keep settings light
 
         return normalise_path_prefix(value)
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_trusted_proxies(cls, value: list[str]) -> list[str]:
+        import ipaddress  # noqa: PLC0415 - only this validator needs it
+
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"trusted proxy {entry!r} is not an address or CIDR") from exc
+        return value
 
     @field_validator("sockets")
     @classmethod
@@ -279,6 +304,9 @@ class DcapVerifierSettings(_Section):
     retry_interval_s: float = Field(default=60.0, ge=0, le=3600)
     #: Ours, insecure: trust this root CA (DER or PEM) instead of Intel's SGX Root CA.
     insecure_root_ca_path: Path | None = None
+    #: Ours: worker processes per server process that run DCAP verification, so it never
+    #: holds the event loop (dcap-qvl holds the GIL); 0 runs it inline. See docs/tdx.md.
+    verify_processes: int = Field(default=1, ge=0, le=MAX_VERIFY_PROCESSES)
 
     @field_validator("collateral_service", mode="after")
     @classmethod
@@ -333,6 +361,8 @@ class AttestationServiceSettings(_Section):
 
     type: Literal["coco_as_builtin", "CoCoASBuiltIn"] = "coco_as_builtin"
     timeout: int = Field(default=DEFAULT_SESSION_MINUTES, ge=1, le=24 * 60)
+    #: Ours: live sessions awaiting attestation (all replicas); above it /auth answers 429.
+    max_unattested_sessions: int = Field(default=100_000, ge=1, le=100_000_000)
     attestation_token_broker: TokenBrokerSettings = Field(default_factory=TokenBrokerSettings)
     rvps_config: RvpsSettings = Field(default_factory=RvpsSettings)
     verifier_config: VerifierConfigSettings = Field(default_factory=VerifierConfigSettings)
@@ -363,9 +393,10 @@ class RateLimitSettings(_Section):
 
     ``/kbs/v0/auth`` and the attestation-service ``/attestation`` and ``/challenge`` draw
     from one token bucket per client address and server process: ``burst`` requests at
-    once, refilled at ``requests_per_second``. Above it the answer is 429. Behind a proxy
-    every client has the proxy's address, so size the limits for the proxy (or turn the
-    limiter off) until trusted-proxy handling exists.
+    once, refilled at ``requests_per_second``. Above it the answer is 429. Behind a load
+    balancer, list its addresses in ``[http_server] trusted_proxies`` so each client is
+    known by the ``X-Forwarded-For`` address the balancer appends; otherwise every client
+    shares the balancer's bucket.
     """
 
     enabled: bool = True

@@ -15,7 +15,7 @@ from kbs.appraisal import AttestationService
 from kbs.audit import AuditLog
 from kbs.clock import Clock
 from kbs.entropy import Entropy
-from kbs.ratelimit import RateLimiter
+from kbs.ratelimit import NO_PROXIES, RateLimiter, TrustedProxies
 from kbs.release_policies import ReleasePolicyStore
 from kbs.resources import ResourceRouter
 from kbs.sessions import SessionStore
@@ -54,6 +54,8 @@ class KbsState:
     release_policies: ReleasePolicyStore
     #: The TDX verifier's PCCS client and collateral cache (``None``: TDX disabled).
     tdx: TdxService | None = None
+    #: ``[http_server] trusted_proxies``: whose ``X-Forwarded-For`` names the client.
+    trusted_proxies: TrustedProxies = NO_PROXIES
 
     @property
     def body_limit(self) -> int:

@@ -12,11 +12,16 @@ Built once by ``create_app`` from ``[attestation_service.verifier_config.dcap_ve
   background refresh keeps known platforms fresh before their first quote.
 * :meth:`TdxService.refresh_forever` runs as a lifespan task: every
   ``refresh_interval_s`` it refreshes what is due; failures are logged, never raised.
-* DCAP verification runs inline on the event loop, not in an executor: dcap-qvl holds
-  the GIL for the whole call (about 1 ms), so a thread pool gives no parallelism; a
-  process pool pays for pickling quote, collateral and event log on every attestation
-  and would oversubscribe the cores the server's worker processes already use (see
-  docs/tdx.md and bench/tdx_verify.py for the measurements).
+* DCAP verification (steps 4-7: dcap-qvl, bindings, event log replay) runs in a
+  :class:`~attestation.tdx.pool.VerificationPool` of ``verify_processes`` worker
+  processes (default 1 per server process), not on the event loop: dcap-qvl holds the GIL
+  for the whole call (about 1 ms, plus about 1 ms for a large event log), so inline it
+  stalls every other request of the process and a thread pool would not help. Only the
+  quote bytes, a collateral digest, the root DER and the time cross to the worker. The
+  pool starts with the application (forkserver, warmed up before the first request), is
+  replaced when a worker dies (that attestation fails 503 ``VerifierUnavailable``), and
+  is shut down with the application. ``verify_processes = 0`` runs verification inline.
+  Measurements: docs/tdx.md and bench/verify_offload.py.
 """
 
 from __future__ import annotations
@@ -32,8 +37,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from attestation.tdx.collateral import CachingCollateralSource, PccsFetcher
+from attestation.tdx.collateral import CachingCollateralSource, CollateralObserver, PccsFetcher
 from attestation.tdx.dcap import PlatformPolicy, intel_root_ca_der
+from attestation.tdx.pool import VerificationPool
 from attestation.tdx.verifier import TdxVerifier
 from kbs.clock import Clock
 from kbs.collateral_store import SqlCollateralStore
@@ -97,11 +103,15 @@ class TdxService:
     fetcher: PccsFetcher
     http: httpx.AsyncClient
     refresh_interval_s: float
+    pool: VerificationPool | None = None
 
     async def aclose(self) -> None:
-        """Cancel PCCS fetches still under way, then close the HTTP client."""
+        """Cancel PCCS fetches still under way, close the HTTP client, stop the pool."""
         await self.source.aclose()
         await self.http.aclose()
+        if self.pool is not None:
+            # Joining the workers blocks: not on the event loop.
+            await asyncio.to_thread(self.pool.shutdown, wait=True, cancel_futures=True)
 
     async def refresh_forever(self, clock: Clock) -> None:
         """Refresh due collateral now and then every ``refresh_interval_s``, until cancelled.
@@ -148,9 +158,14 @@ class TdxService:
 
 
 async def build_tdx_service(
-    settings: DcapVerifierSettings, *, engine: AsyncEngine
+    settings: DcapVerifierSettings,
+    *,
+    engine: AsyncEngine,
+    observer: CollateralObserver | None = None,
 ) -> TdxService | None:
     """Build the TDX verifier and its collateral cache, or ``None`` if disabled.
+
+    ``observer`` is told about PCCS requests and cache lookups (the app's metrics).
 
     Raises:
         OSError: ``insecure_root_ca_path`` cannot be read.
@@ -179,7 +194,9 @@ async def build_tdx_service(
         root_ca_der=root_ca_der,
         tcb_update_type=settings.tcb_update_type,
         timeout=timeout,
+        observer=observer,
     )
+    pool = await _start_pool(settings.verify_processes)
     store = SqlCollateralStore(engine)
     source = CachingCollateralSource(
         fetcher,
@@ -188,6 +205,7 @@ async def build_tdx_service(
         tcb_update_type=settings.tcb_update_type,
         max_age=dt.timedelta(hours=settings.max_collateral_age_h),
         retry_interval=dt.timedelta(seconds=settings.retry_interval_s),
+        observer=observer,
     )
     verifier = TdxVerifier(
         collateral=source,
@@ -197,7 +215,7 @@ async def build_tdx_service(
             allow_cached_keys=settings.allow_cached_keys,
             allow_smt=settings.allow_smt,
         ),
-        executor=None,  # inline on purpose: see the module docstring
+        executor=pool,  # None: inline (verify_processes = 0)
     )
     try:
         loaded = await source.preload(await store.keys())
@@ -218,4 +236,24 @@ async def build_tdx_service(
         fetcher=fetcher,
         http=http,
         refresh_interval_s=settings.refresh_interval_s,
+        pool=pool,
     )
+
+
+async def _start_pool(processes: int) -> VerificationPool | None:
+    """Start ``processes`` verification workers and wait until they answer (0: none)."""
+    if processes == 0:
+        _logger.info(
+            "tdx verification runs inline (verify_processes = 0): each quote holds the "
+            "event loop for about its CPU time"
+        )
+        return None
+    pool = VerificationPool(processes)
+    try:
+        # The first start waits for the forkserver to import the verifier: off the loop.
+        pids = await asyncio.to_thread(pool.warm)
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    _logger.info("tdx verification worker processes: %s", ", ".join(map(str, pids)))
+    return pool

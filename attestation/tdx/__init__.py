@@ -33,6 +33,7 @@ from attestation.tdx.errors import (
 )
 from attestation.tdx.eventlog import EventLog, EventLogEntry, parse_event_log
 from attestation.tdx.pck import PckChain, parse_pck_chain
+from attestation.tdx.pool import VerificationPool
 from attestation.tdx.quote import Quote, TdReport, parse_quote, quote_claims
 from attestation.tdx.verifier import TdxVerifier
 
@@ -63,6 +64,7 @@ __all__ = [
     "StoredCollateral",
     "TdReport",
     "TdxVerifier",
+    "VerificationPool",
     "intel_root_ca_der",
     "parse_event_log",
     "parse_pck_chain",

@@ -25,7 +25,7 @@ import string
 from collections import OrderedDict
 from collections.abc import Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Final, Protocol, TypeVar
+from typing import Any, Final, Literal, Protocol, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import httpx
@@ -57,6 +57,7 @@ __all__ = [
     "MAX_JSON_BYTES",
     "CachingCollateralSource",
     "CollateralFetcher",
+    "CollateralObserver",
     "FetchedCollateral",
     "MemoryCollateralStore",
     "PccsFetcher",
@@ -107,6 +108,31 @@ class CollateralFetcher(Protocol):
             CollateralUnavailableError: no source returned usable collateral.
         """
         ...
+
+
+class CollateralObserver(Protocol):
+    """Told about PCCS requests and cache lookups (the application counts them).
+
+    ``endpoint`` is one of ``pckcrl``, ``tcb``, ``qe_identity``, ``rootcacrl`` and
+    ``root_ca_cdp``; ``result`` one of ``hit``, ``stale`` and ``miss``. Observers must
+    not raise.
+    """
+
+    def pccs_request(self, endpoint: str, *, ok: bool) -> None:
+        """One HTTP request to a PCCS finished (``ok``: HTTP 200 within the size cap)."""
+        ...
+
+    def collateral_lookup(self, result: Literal["hit", "stale", "miss"]) -> None:
+        """One :meth:`CachingCollateralSource.get_collateral` call, and what it found."""
+        ...
+
+
+class _NoObserver:
+    def pccs_request(self, endpoint: str, *, ok: bool) -> None:
+        del endpoint, ok
+
+    def collateral_lookup(self, result: Literal["hit", "stale", "miss"]) -> None:
+        del result
 
 
 def _pccs_root(base_url: str) -> str:
@@ -179,6 +205,13 @@ async def _all_or_nothing(*calls: Coroutine[Any, Any, _T]) -> list[_T]:
         raise
 
 
+def _request_deadline(timeout: httpx.Timeout) -> float | None:
+    """Seconds one whole request may take: connect + 2 x read (``None``: unbounded)."""
+    if timeout.read is None:
+        return None
+    return (timeout.connect or 0.0) + 2 * timeout.read
+
+
 class PccsFetcher:
     """Fetches DCAP collateral from an ordered list of PCCS / Intel PCS base URLs."""
 
@@ -190,6 +223,7 @@ class PccsFetcher:
         root_ca_der: bytes | None = None,
         tcb_update_type: TcbUpdateType = "standard",
         timeout: float | httpx.Timeout = DEFAULT_TIMEOUT,
+        observer: CollateralObserver | None = None,
     ) -> None:
         """Create a fetcher.
 
@@ -200,7 +234,10 @@ class PccsFetcher:
             root_ca_der: trust anchor the collateral must chain to (Intel's by default).
             tcb_update_type: which TCB evaluation data set to request.
             timeout: seconds allowed for each step (connect, read, write) of each HTTP
-                request, or an ``httpx.Timeout`` with separate limits.
+                request, or an ``httpx.Timeout`` with separate limits. Each request as a
+                whole also ends after its connect timeout plus twice its read timeout,
+                so a server that drips its answer cannot hold a fetch open.
+            observer: told about every HTTP request (for metrics).
 
         Raises:
             ValueError: no base URL, or one that is not http(s).
@@ -215,6 +252,8 @@ class PccsFetcher:
         self._root_ca_der = intel_root_ca_der() if root_ca_der is None else root_ca_der
         self.tcb_update_type: TcbUpdateType = tcb_update_type
         self._timeout = timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout)
+        self._deadline_s = _request_deadline(self._timeout)
+        self._observer: CollateralObserver = observer or _NoObserver()
 
     @property
     def base_urls(self) -> tuple[str, ...]:
@@ -254,6 +293,26 @@ class PccsFetcher:
         return fetched.collateral
 
     async def _get(
+        self, endpoint: str, url: str, params: Mapping[str, str] | None, limit: int
+    ) -> tuple[bytes, httpx.Headers]:
+        ok = False
+        try:
+            result = await self._get_once(url, params, limit)
+            ok = True
+        finally:
+            self._observer.pccs_request(endpoint, ok=ok)
+        return result
+
+    async def _get_once(
+        self, url: str, params: Mapping[str, str] | None, limit: int
+    ) -> tuple[bytes, httpx.Headers]:
+        try:
+            async with asyncio.timeout(self._deadline_s):
+                return await self._get_unbounded(url, params, limit)
+        except TimeoutError as exc:
+            raise _FetchError(f"{urlsplit(url).path}: no complete answer in time") from exc
+
+    async def _get_unbounded(
         self, url: str, params: Mapping[str, str] | None, limit: int
     ) -> tuple[bytes, httpx.Headers]:
         try:
@@ -292,14 +351,20 @@ class PccsFetcher:
         #    no request of a failed attempt outlives it (nor overlaps the next base URL).
         (pck_crl, pck_headers), (tcb, tcb_headers), (qe, qe_headers) = await _all_or_nothing(
             self._get(
+                "pckcrl",
                 f"{root}/sgx/certification/v4/pckcrl",
                 {"ca": key.ca, "encoding": "der"},
                 MAX_CRL_BYTES,
             ),
             self._get(
-                f"{root}/tdx/certification/v4/tcb", {"fmspc": key.fmspc, **update}, MAX_JSON_BYTES
+                "tcb",
+                f"{root}/tdx/certification/v4/tcb",
+                {"fmspc": key.fmspc, **update},
+                MAX_JSON_BYTES,
             ),
-            self._get(f"{root}/tdx/certification/v4/qe/identity", update, MAX_JSON_BYTES),
+            self._get(
+                "qe_identity", f"{root}/tdx/certification/v4/qe/identity", update, MAX_JSON_BYTES
+            ),
         )
         tcb_info, tcb_signature = _json_body(tcb, "tcbInfo")
         qe_identity, qe_signature = _json_body(qe, "enclaveIdentity")
@@ -310,12 +375,14 @@ class PccsFetcher:
         if not is_intel_pcs:
             try:
                 root_crl, _ = await self._get(
-                    f"{root}/sgx/certification/v4/rootcacrl", None, MAX_CRL_BYTES
+                    "rootcacrl", f"{root}/sgx/certification/v4/rootcacrl", None, MAX_CRL_BYTES
                 )
             except _FetchError as exc:
                 _logger.info("rootcacrl from %s failed (%s); trying the root's cdp", base, exc)
         if root_crl is None:
-            root_crl, _ = await self._get(_cdp_url(self._root_ca_der), None, MAX_CRL_BYTES)
+            root_crl, _ = await self._get(
+                "root_ca_cdp", _cdp_url(self._root_ca_der), None, MAX_CRL_BYTES
+            )
         # 3. Parse and check everything up to the trust anchor.
         try:
             collateral = Collateral.from_parts(
@@ -403,6 +470,7 @@ class CachingCollateralSource:
         max_age: dt.timedelta = dt.timedelta(hours=12),
         refresh_margin: dt.timedelta = dt.timedelta(hours=24),
         retry_interval: dt.timedelta = dt.timedelta(seconds=60),
+        observer: CollateralObserver | None = None,
     ) -> None:
         """Create the cache.
 
@@ -415,6 +483,7 @@ class CachingCollateralSource:
             max_age: refresh collateral at least this often (new CRLs, TCB recoveries).
             refresh_margin: refresh at least this long before the earliest ``nextUpdate``.
             retry_interval: minimum time between two PCCS attempts for one key.
+            observer: told what every lookup found (for metrics).
 
         Raises:
             ValueError: ``max_age`` is not positive or ``refresh_margin`` is negative.
@@ -431,6 +500,7 @@ class CachingCollateralSource:
         self._entries: OrderedDict[CollateralKey, _Entry] = OrderedDict()
         self._keys: dict[tuple[str, str], CollateralKey] = {}
         self._inflight: dict[CollateralKey, asyncio.Task[None]] = {}
+        self._observer: CollateralObserver = observer or _NoObserver()
 
     # ---------------------------------------------------------------- public API
 
@@ -450,6 +520,7 @@ class CachingCollateralSource:
             and entry.fresh_from <= at < entry.fresh_until
         ):
             self._entries.move_to_end(key)
+            self._observer.collateral_lookup("hit")
             return entry.collateral  # type: ignore[return-value]  # set with fresh_*
         if entry is not None and entry.collateral is not None and entry.collateral.valid_at(at):
             self._entries.move_to_end(key)
@@ -458,9 +529,11 @@ class CachingCollateralSource:
             #    cached. The outcome is recorded for status() and logged.
             if self._may_attempt(entry, at):
                 self._refresh_task(key, at)
+            self._observer.collateral_lookup("stale")
             return entry.collateral
         # 3. Nothing valid in memory: store, then PCCS (rate-limited after a failure). A
         #    fetch already under way for this key is joined, whenever it started.
+        self._observer.collateral_lookup("miss")
         if entry is not None and key not in self._inflight and not self._may_attempt(entry, at):
             raise CollateralUnavailableError(
                 f"no valid collateral for {key} (last error: {entry.last_error})"

@@ -21,7 +21,15 @@ Steps, in the reference's order (confidential-containers/trustee
    ``init_data`` at the top level for the appraisal to lift.
 
 Steps 4-7 are CPU-bound and synchronous; they run inline by default, or in an injected
-``concurrent.futures.Executor`` (thread or process pool: every argument pickles).
+``concurrent.futures.Executor`` (normally a :class:`~attestation.tdx.pool.VerificationPool`
+of worker processes). What crosses to the worker is small and picklable: the quote bytes,
+the collateral's digest (its dcap-qvl JSON only the first time a worker meets it: each
+worker keeps parsed collateral by digest), the trust anchor DER, the verification time
+(the caller's, never the worker's clock), the platform policy, the expected digests and the
+event log bytes. The worker parses the quote again (tens of microseconds, cheaper than
+pickling the parsed form) and keeps parsed PCK chains; it returns the DCAP result and the
+event log claims, so the claims are the same as inline. A worker that dies fails the
+attestation with ``VerifierUnavailableError``.
 """
 
 from __future__ import annotations
@@ -33,12 +41,16 @@ import functools
 import hmac
 import json
 import logging
-from concurrent.futures import Executor
+from concurrent.futures import BrokenExecutor, Executor
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 from attestation.base import MAX_EVIDENCE_BYTES, NotProvided, VerifiedClaims, Verifier
-from attestation.errors import BindingMismatchError, EvidenceInvalidError
+from attestation.errors import (
+    BindingMismatchError,
+    EvidenceInvalidError,
+    VerifierUnavailableError,
+)
 from attestation.tdx._lru import Lru
 from attestation.tdx.base import Collateral, CollateralSource
 from attestation.tdx.dcap import DcapResult, PlatformPolicy, intel_root_ca_der, verify_quote
@@ -62,6 +74,8 @@ REPORT_DATA_SIZE: Final = 64
 MR_CONFIG_ID_SIZE: Final = 48
 #: Verified PCK chains remembered per verifier (one per platform in practice).
 PCK_CACHE_SIZE: Final = 1024
+#: Parsed collateral a worker process keeps, by digest (one per platform and refresh).
+WORKER_COLLATERAL_CACHE_SIZE: Final = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +178,66 @@ def check_evidence(
     return dcap, log
 
 
+class _CollateralMissingError(Exception):
+    """The worker has no collateral with that digest yet: send its JSON."""
+
+
+# Per worker process (or per process, with a thread pool): parsed collateral by digest
+# and parsed PCK chains by PEM. Both are checked by the parent before the job is sent.
+_WORKER_COLLATERAL: Final[Lru[bytes, Collateral]] = Lru(WORKER_COLLATERAL_CACHE_SIZE)
+_WORKER_CHAINS: Final[Lru[bytes, PckChain]] = Lru(PCK_CACHE_SIZE)
+
+
+def _worker_collateral(digest: bytes, qvl_json: str | None) -> Collateral:
+    collateral = _WORKER_COLLATERAL.get(digest)
+    if collateral is not None:
+        return collateral
+    if qvl_json is None:
+        raise _CollateralMissingError
+    collateral = Collateral.from_qvl_json(qvl_json)
+    if collateral.digest != digest:  # the parent's digest of the same JSON
+        raise VerifierUnavailableError("collateral sent to the verification worker is corrupt")
+    _WORKER_COLLATERAL.put(digest, collateral)
+    return collateral
+
+
+def _check_in_worker(
+    raw_quote: bytes,
+    collateral_digest: bytes,
+    collateral_json: str | None,
+    *,
+    root_ca_der: bytes,
+    at: dt.datetime,
+    platform_policy: PlatformPolicy,
+    report_data: bytes | Literal[NotProvided.MARKER],
+    init_data_hash: bytes | Literal[NotProvided.MARKER],
+    cc_eventlog: bytes | None,
+) -> tuple[DcapResult, list[dict[str, Any]] | None]:
+    """Steps 4-7 from small, picklable inputs, in a worker; event log claims come back."""
+    collateral = _worker_collateral(collateral_digest, collateral_json)
+    # Parsed already by the parent (which also checked the PCK chain's root); parsing the
+    # bytes again here is cheaper than pickling the parsed objects.
+    quote = parse_quote(raw_quote)
+    pem = quote.signature_data.pck_chain_pem
+    pck = _WORKER_CHAINS.get(pem)
+    if pck is None:
+        pck = parse_pck_chain(pem)
+        _WORKER_CHAINS.put(pem, pck)
+    dcap, log = check_evidence(
+        raw_quote,
+        quote,
+        pck,
+        collateral,
+        root_ca_der=root_ca_der,
+        at=at,
+        platform_policy=platform_policy,
+        report_data=report_data,
+        init_data_hash=init_data_hash,
+        cc_eventlog=cc_eventlog,
+    )
+    return dcap, None if log is None else log.to_claims()
+
+
 class TdxVerifier(Verifier):
     """Verifier for ``tee = "tdx"`` (class ``cpu``)."""
 
@@ -188,7 +262,9 @@ class TdxVerifier(Verifier):
                 pinned by fingerprint); anything else is for tests and must be exposed
                 only through an ``insecure_*`` setting.
             platform_policy: acceptable PCK platform flags (default: cloud hosts pass).
-            executor: where to run the CPU-bound steps 4-7; ``None`` runs them inline.
+            executor: where to run the CPU-bound steps 4-7 (normally a
+                :class:`~attestation.tdx.pool.VerificationPool`); ``None`` runs them
+                inline, on the caller's thread.
             max_quote_bytes: cap on the decoded quote.
             max_eventlog_bytes: cap on the decoded CC event log.
         """
@@ -212,6 +288,44 @@ class TdxVerifier(Verifier):
         self._chains.put(pem, chain)
         return chain
 
+    async def _check_in_executor(
+        self,
+        executor: Executor,
+        parsed: _Evidence,
+        collateral: Collateral,
+        *,
+        at: dt.datetime,
+        report_data: bytes | Literal[NotProvided.MARKER],
+        init_data_hash: bytes | Literal[NotProvided.MARKER],
+    ) -> tuple[DcapResult, list[dict[str, Any]] | None]:
+        loop = asyncio.get_running_loop()
+
+        def job(collateral_json: str | None) -> functools.partial[Any]:
+            return functools.partial(
+                _check_in_worker,
+                parsed.quote,
+                collateral.digest,
+                collateral_json,
+                root_ca_der=self._root_ca_der,
+                at=at,
+                platform_policy=self._platform_policy,
+                report_data=report_data,
+                init_data_hash=init_data_hash,
+                cc_eventlog=parsed.cc_eventlog,
+            )
+
+        try:
+            try:
+                # The digest only: workers keep parsed collateral, so the JSON (tens of
+                # KiB) crosses once per worker and collateral version.
+                return await loop.run_in_executor(executor, job(None))
+            except _CollateralMissingError:
+                return await loop.run_in_executor(executor, job(collateral.qvl_json))
+        except BrokenExecutor as exc:
+            # Fail closed; the pool replaces itself on its next job.
+            _logger.warning("tdx verification worker died during a verification: %s", exc)
+            raise VerifierUnavailableError("tdx verification worker failed") from exc
+
     async def _verify(
         self,
         evidence: Any,
@@ -229,6 +343,7 @@ class TdxVerifier(Verifier):
         pck = self._pck_chain(quote)
         collateral = await self._collateral.get_collateral(pck.fmspc, pck.ca, at=at)
         # 4.-7. DCAP, REPORT_DATA, MR_CONFIG_ID, event log replay (CPU-bound).
+        log_claims: list[dict[str, Any]] | None
         if self._executor is None:
             dcap, log = check_evidence(
                 parsed.quote,
@@ -242,26 +357,21 @@ class TdxVerifier(Verifier):
                 init_data_hash=init_data_hash,
                 cc_eventlog=parsed.cc_eventlog,
             )
+            log_claims = None if log is None else log.to_claims()
         else:
-            check = functools.partial(
-                check_evidence,
-                parsed.quote,
-                quote,
-                pck,
+            dcap, log_claims = await self._check_in_executor(
+                self._executor,
+                parsed,
                 collateral,
-                root_ca_der=self._root_ca_der,
                 at=at,
-                platform_policy=self._platform_policy,
                 report_data=report_data,
                 init_data_hash=init_data_hash,
-                cc_eventlog=parsed.cc_eventlog,
             )
-            dcap, log = await asyncio.get_running_loop().run_in_executor(self._executor, check)
         # 8. Claims, named as the reference names them.
         report = quote.report
         claims: dict[str, Any] = {}
-        if log is not None:
-            claims["uefi_event_logs"] = log.to_claims()
+        if log_claims is not None:
+            claims["uefi_event_logs"] = log_claims
         claims["quote"] = quoted = quote_claims(quote)
         claims["td_attributes"] = td_attributes_claims(report.td_attributes)
         claims["report_data"] = quoted["body"]["report_data"]

@@ -15,6 +15,7 @@ from attestation.errors import EvidenceInvalidError, UnsupportedTeeError
 from kbs.appraisal import VerificationRequest
 from kbs.deps import SESSION_COOKIE, StateDep, json_response, read_json
 from kbs.errors import AttestFailedError, SerdeError
+from kbs.metrics import attestation_failed, counted_attestation, metrics_of
 from kbs.protocol import (
     ProtocolError,
     parse_attestation,
@@ -59,6 +60,7 @@ def _additional_devices(additional: str) -> dict[str, Any]:
     },
 )
 @audited_attestation
+@counted_attestation
 async def attest(request: Request, state: StateDep) -> Response:
     """Verify the attestation against the session's challenge and return a token."""
     at = state.clock.now()
@@ -83,6 +85,7 @@ async def attest(request: Request, state: StateDep) -> Response:
     # 4. The nonce must be this session's challenge.
     nonce = body.nonce if body.nonce is not None else session.nonce
     if not hmac.compare_digest(nonce.encode(), session.nonce.encode()):
+        attestation_failed(request, session.tee)
         raise AttestFailedError(f"{_ATTEST_FAILED}: nonce does not match the session")
     # 5. One verification request for the primary TEE, one per additional device.
     primary_runtime = runtime_data(
@@ -124,7 +127,9 @@ async def attest(request: Request, state: StateDep) -> Response:
         issued = await state.attestation.evaluate(requests, policy_ids=["default"], at=at)
     except (EvidenceInvalidError, UnsupportedTeeError) as exc:
         _logger.info("attest: evidence rejected for tee %s: %s", session.tee, exc)
+        attestation_failed(request, session.tee)
         raise AttestFailedError(f"{_ATTEST_FAILED}: {exc}") from exc
     # 7. The session now holds the token (the first of concurrent attests wins).
     session = await state.sessions.mark_attested(session, issued.token)
+    metrics_of(request).attestation_successes.labels(session.tee).inc()
     return json_response({"token": session.token}, headers=cookie)

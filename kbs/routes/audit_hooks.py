@@ -25,8 +25,9 @@ from fastapi import Request, Response
 
 from kbs.admin_auth import AdminIdentity
 from kbs.audit import AuditEvent, token_id
-from kbs.deps import SESSION_COOKIE
+from kbs.deps import SESSION_COOKIE, get_state
 from kbs.errors import AuditUnavailableError, describe
+from kbs.ratelimit import client_address
 from kbs.request_id import current_request_id
 from kbs.state import KbsState
 
@@ -61,8 +62,10 @@ _MEASUREMENTS: Final = {
 
 
 def client_of(request: Request) -> str | None:
-    """The client's address as the server saw it."""
-    return request.client.host if request.client is not None else None
+    """The client's address (through trusted proxies, as for rate limits)."""
+    if request.client is None:
+        return None
+    return client_address(request, get_state(request).trusted_proxies)
 
 
 def _event(

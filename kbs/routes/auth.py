@@ -13,6 +13,7 @@ from fastapi import APIRouter, Request, Response
 
 from kbs.deps import SESSION_COOKIE, StateDep, json_response, read_json
 from kbs.errors import AuthFailedError, SerdeError
+from kbs.metrics import metrics_of
 from kbs.protocol import ProtocolError, parse_auth_request
 from kbs.ratelimit import client_address
 from kbs.sessions import SESSION_ID_BYTES
@@ -41,18 +42,21 @@ def session_cookie(session_id: str, expires_at: dt.datetime) -> str:
     responses={
         200: {"description": "The challenge; the session id is in Set-Cookie"},
         401: {"description": "Unsupported protocol version or malformed request"},
-        429: {"description": "Too many requests from this client"},
+        429: {"description": "Too many requests from this client, or unattested sessions"},
     },
 )
 async def auth(request: Request, state: StateDep) -> Response:
     """Answer a kbs-types ``Request`` with a ``Challenge`` and a session cookie."""
+    metrics = metrics_of(request)
+    metrics.auth_requests.inc()
     at = state.clock.now()
     # Unauthenticated and it writes a session row: one token of the client's budget.
-    state.rate_limiter.check(client_address(request), at=at)
+    state.rate_limiter.check(client_address(request, state.trusted_proxies), at=at)
     try:
         body = await read_json(request, state.body_limit)
         req = parse_auth_request(body)
     except (ProtocolError, SerdeError) as exc:
+        metrics.auth_errors.inc()
         raise AuthFailedError(f"{_AUTH_FAILED}: {exc}") from exc
     nonce = base64.b64encode(state.entropy(NONCE_BYTES)).decode()
     session_id = state.entropy(SESSION_ID_BYTES).hex()
@@ -64,7 +68,9 @@ async def auth(request: Request, state: StateDep) -> Response:
         nonce=nonce,
         request_extra_params=req.extra_params,
         expires_at=expires_at,
+        at=at,
     )
+    metrics.auth_successes.inc()
     _logger.info("auth: opened session for tee %s (protocol %s)", req.tee, req.version)
     return json_response(
         {"nonce": nonce, "extra-params": ""},

@@ -37,6 +37,7 @@ from kbs.errors import (
     TokenNotFoundError,
     TokenVerifierError,
 )
+from kbs.metrics import metrics_of
 from kbs.protocol import LEGACY_JWE_VERSIONS
 from kbs.release import decide
 from kbs.request_id import current_request_id
@@ -128,8 +129,15 @@ async def get_resource(path: str, request: Request, state: StateDep) -> Response
     # 3. Verified on every request, even when it came from the session.
     claims = state.token_verifier.verify(token, at=at)
     # 4. The global resource policy and every matching release policy must say true.
-    decision = await decide(state, desc, claims, request.query_params)
+    metrics = metrics_of(request)
+    metrics.policy_evaluations.inc()
+    try:
+        decision = await decide(state, desc, claims, request.query_params)
+    except Exception:
+        metrics.policy_errors.inc()
+        raise
     if not decision.allowed:
+        metrics.policy_violations.inc()
         decision = decision.explain_denials(state.policy_engine, claims)
         _logger.info(
             "resource %s denied (request id %s): %s",
@@ -146,6 +154,7 @@ async def get_resource(path: str, request: Request, state: StateDep) -> Response
             detail={"policies": [o.to_json() for o in decision.outcomes]},
         )
         raise PolicyDenyError("Access denied by policy")
+    metrics.policy_approvals.inc()
     # 5. The secret (and its version), then 6. wrapped to the key the token vouches for.
     try:
         value = await state.resources.read(desc)
@@ -173,6 +182,8 @@ async def get_resource(path: str, request: Request, state: StateDep) -> Response
             "policies": [o.to_json() for o in decision.outcomes],
         },
     )
+    # Only now is the path a label: it exists and was released (bounded by the store).
+    metrics.resource_reads.labels(str(desc)).inc()
     _logger.info(
         "released resource %s version %s (request id %s)", desc, value.version, current_request_id()
     )
@@ -261,6 +272,7 @@ async def set_resource(path: str, request: Request, state: StateDep) -> Response
             state, request, identity, action="resource.put", resource=str(desc), error=exc
         )
         raise
+    metrics_of(request).resource_writes.labels(str(desc)).inc()
     _logger.info(
         "admin %s stored resource %s (%d bytes, version %s)",
         identity.actor,
@@ -300,6 +312,7 @@ async def delete_resource(path: str, request: Request, state: StateDep) -> Respo
             state, request, identity, action=action, resource=str(desc), error=exc
         )
         raise
+    metrics_of(request).resource_deletes.labels(str(desc)).inc()
     _logger.info("admin %s deleted resource %s (version %s)", identity.actor, desc, version)
     return Response(status_code=200, media_type="text/xml")
 
@@ -373,6 +386,7 @@ async def rollback_resource(path: str, request: Request, state: StateDep) -> Res
             state, request, identity, action="resource.rollback", resource=str(desc), error=exc
         )
         raise
+    metrics_of(request).resource_writes.labels(str(desc)).inc()
     _logger.info(
         "admin %s rolled %s back to version %s (now version %s)",
         identity.actor,

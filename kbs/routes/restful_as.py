@@ -182,7 +182,7 @@ async def attestation(request: Request, state: StateDep) -> Response:
     """Verify the evidence of every device and answer with one EAR or Simple token."""
     at = state.clock.now()
     # 1. Unauthenticated and costly: one token of the client's rate budget.
-    state.rate_limiter.check(client_address(request), at=at)
+    state.rate_limiter.check(client_address(request, state.trusted_proxies), at=at)
     return await _framed(request, "attestation report evaluate", _attest(request, state, at))
 
 
@@ -220,7 +220,7 @@ async def challenge(request: Request, state: StateDep) -> Response:
     not supported here.
     """
     at = state.clock.now()
-    state.rate_limiter.check(client_address(request), at=at)
+    state.rate_limiter.check(client_address(request, state.trusted_proxies), at=at)
     return await _framed(request, "generate challenge", _challenge(request, state))
 
 

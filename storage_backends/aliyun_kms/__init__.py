@@ -10,7 +10,7 @@ imported only when shared-gateway credentials are configured. See
 ``docs/backends/aliyun-kms.md`` for the console steps and every setting.
 """
 
-from storage_backends.aliyun_kms.api import ErrorKind, KmsRequestError, SecretValue
+from storage_backends.aliyun_kms.api import ErrorKind, KmsObserver, KmsRequestError, SecretValue
 from storage_backends.aliyun_kms.backend import READINESS_PROBE_SECRET, AliyunKmsBackend
 from storage_backends.aliyun_kms.instance import ClientKey, InstanceGatewayClient
 from storage_backends.aliyun_kms.naming import TagNaming, TemplateNaming
@@ -30,6 +30,7 @@ __all__ = [
     "ClientKey",
     "ErrorKind",
     "InstanceGatewayClient",
+    "KmsObserver",
     "KmsRequestError",
     "SecretValue",
     "SharedGatewayClient",

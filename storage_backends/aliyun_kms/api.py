@@ -31,6 +31,7 @@ __all__ = [
     "CODE_RESOURCE_EXISTS",
     "CODE_THROTTLING",
     "ErrorKind",
+    "KmsObserver",
     "KmsRequestError",
     "SecretDescription",
     "SecretManager",
@@ -89,6 +90,31 @@ class ErrorKind(enum.Enum):
     def retryable(self) -> bool:
         """Whether a retry (with backoff) may succeed."""
         return self in {ErrorKind.THROTTLED, ErrorKind.UNAVAILABLE}
+
+
+class KmsObserver(Protocol):
+    """Told about every KMS call attempt (the application counts them; must not raise)."""
+
+    def kms_request(self, action: str, *, error_kind: str | None) -> None:
+        """One call of API ``action`` finished.
+
+        ``error_kind`` is ``None`` on success, else the lowercase :class:`ErrorKind` name
+        (``throttled``, ``unavailable``...).
+        """
+        ...
+
+
+class NoKmsObserver:
+    """The observer that ignores everything (the default)."""
+
+    def kms_request(self, action: str, *, error_kind: str | None) -> None:
+        """Ignore the call."""
+        del action, error_kind
+
+
+def observe_kms_call(observer: KmsObserver, action: str, error: KmsRequestError | None) -> None:
+    """Tell ``observer`` about one finished call of ``action``."""
+    observer.kms_request(action, error_kind=None if error is None else error.kind.name.lower())
 
 
 class KmsRequestError(Exception):

@@ -46,6 +46,7 @@ from storage_backends.aliyun_kms._cache import CacheState, SecretCache
 from storage_backends.aliyun_kms._retry import RetryPolicy, retrying
 from storage_backends.aliyun_kms.api import (
     ErrorKind,
+    KmsObserver,
     KmsRequestError,
     SecretManager,
     SecretPage,
@@ -147,6 +148,7 @@ class AliyunKmsBackend(StorageBackend):
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         instance_client: SecretReader | None = None,
         shared_client: SecretManager | None = None,
+        observer: KmsObserver | None = None,
     ) -> None:
         """Build the backend and its gateway clients (reads files; sends no request).
 
@@ -159,6 +161,7 @@ class AliyunKmsBackend(StorageBackend):
             instance_client: use this reader instead of building the instance gateway client.
             shared_client: use this client instead of building the shared gateway client.
                 When either client is given, neither is built from ``settings``.
+            observer: told about every KMS call of the clients built here (for metrics).
 
         Raises:
             AliyunKmsConfigError: bad client key or password, missing SDK, unreadable files.
@@ -173,7 +176,7 @@ class AliyunKmsBackend(StorageBackend):
                 "aliyun kms: insecure_skip_tls_verify is on: gateway certificates are not verified"
             )
         if instance_client is None and shared_client is None:
-            instance_client, shared_client = _build_clients(settings, now=now)
+            instance_client, shared_client = _build_clients(settings, now=now, observer=observer)
         reader: SecretReader | None
         if settings.read_gateway == "shared":
             reader = shared_client
@@ -680,7 +683,10 @@ class AliyunKmsBackend(StorageBackend):
 
 
 def _build_clients(
-    settings: AliyunKmsSettings, *, now: Callable[[], dt.datetime]
+    settings: AliyunKmsSettings,
+    *,
+    now: Callable[[], dt.datetime],
+    observer: KmsObserver | None = None,
 ) -> tuple[SecretReader | None, SecretManager | None]:
     """Build the configured gateway clients.
 
@@ -702,7 +708,8 @@ def _build_clients(
             connect_timeout=settings.connect_timeout,
             read_timeout=settings.read_timeout,
             insecure_skip_tls_verify=settings.insecure_skip_tls_verify,
+            observer=observer,
         )
     if settings.shared_configured:
-        shared = SharedGatewayClient.from_settings(settings)
+        shared = SharedGatewayClient.from_settings(settings, observer=observer)
     return instance, shared

@@ -44,9 +44,12 @@ from cryptography.hazmat.primitives.serialization import pkcs12
 from storage_backends.aliyun_kms import _protobuf as pb
 from storage_backends.aliyun_kms.api import (
     ErrorKind,
+    KmsObserver,
     KmsRequestError,
+    NoKmsObserver,
     SecretValue,
     classify_response_error,
+    observe_kms_call,
 )
 from storage_backends.aliyun_kms.settings import AliyunKmsConfigError
 
@@ -223,6 +226,7 @@ class InstanceGatewayClient:
         read_timeout: float,
         insecure_skip_tls_verify: bool = False,
         user_agent: str = "confidential-kbs aliyun-kms-instance",
+        observer: KmsObserver | None = None,
     ) -> None:
         """Prepare the HTTPS client; no request is sent yet.
 
@@ -236,6 +240,7 @@ class InstanceGatewayClient:
             read_timeout: seconds to wait for response bytes.
             insecure_skip_tls_verify: do not verify the server certificate (testing only).
             user_agent: the ``User-Agent`` header.
+            observer: told about every call (for metrics).
 
         Raises:
             AliyunKmsConfigError: the CA is missing or not PEM.
@@ -243,6 +248,7 @@ class InstanceGatewayClient:
         if "/" in endpoint or not endpoint:
             raise AliyunKmsConfigError("aliyun kms instance endpoint must be host[:port]")
         self._client_key = client_key
+        self._observer: KmsObserver = observer or NoKmsObserver()
         self._now = now
         self._user_agent = user_agent
         self._http = httpx.AsyncClient(
@@ -295,6 +301,15 @@ class InstanceGatewayClient:
         }
 
     async def _call(self, api_name: str, body: bytes) -> pb.Fields:
+        try:
+            fields = await self._call_once(api_name, body)
+        except KmsRequestError as err:
+            observe_kms_call(self._observer, api_name, err)
+            raise
+        observe_kms_call(self._observer, api_name, None)
+        return fields
+
+    async def _call_once(self, api_name: str, body: bytes) -> pb.Fields:
         headers = self.signed_headers(api_name, body)
         try:
             async with self._http.stream("POST", "/", content=body, headers=headers) as response:

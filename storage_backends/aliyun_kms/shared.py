@@ -39,7 +39,9 @@ from typing import Any, Final, TypeVar
 
 from storage_backends.aliyun_kms.api import (
     ErrorKind,
+    KmsObserver,
     KmsRequestError,
+    NoKmsObserver,
     SecretDescription,
     SecretPage,
     SecretSummary,
@@ -47,6 +49,7 @@ from storage_backends.aliyun_kms.api import (
     SecretVersion,
     SecretVersionPage,
     classify_response_error,
+    observe_kms_call,
 )
 from storage_backends.aliyun_kms.settings import AliyunKmsConfigError, AliyunKmsSettings
 
@@ -230,9 +233,14 @@ class SharedGatewayClient:
         read_timeout: float,
         ignore_ssl: bool = False,
         description: str = "shared gateway",
+        observer: KmsObserver | None = None,
     ) -> None:
-        """Wrap an ``alibabacloud_kms20160120.client.Client``; prefer :meth:`from_settings`."""
+        """Wrap an ``alibabacloud_kms20160120.client.Client``; prefer :meth:`from_settings`.
+
+        ``observer`` is told about every call (for metrics).
+        """
         self._client = sdk_client
+        self._observer: KmsObserver = observer or NoKmsObserver()
         self._sdk = sdk
         self._connect_timeout = connect_timeout
         self._read_timeout = read_timeout
@@ -242,8 +250,12 @@ class SharedGatewayClient:
         self._call_timeout = 2 * (connect_timeout + read_timeout) + _CALL_TIMEOUT_MARGIN
 
     @classmethod
-    def from_settings(cls, settings: AliyunKmsSettings) -> SharedGatewayClient:
+    def from_settings(
+        cls, settings: AliyunKmsSettings, *, observer: KmsObserver | None = None
+    ) -> SharedGatewayClient:
         """Build the SDK client for ``settings`` (no request is sent).
+
+        ``observer`` is told about every call (for metrics).
 
         Raises:
             AliyunKmsConfigError: the SDK is missing or the credentials are incomplete.
@@ -286,6 +298,7 @@ class SharedGatewayClient:
             read_timeout=settings.read_timeout,
             ignore_ssl=settings.insecure_skip_tls_verify,
             description=f"shared gateway {where} ({protocol}, {auth})",
+            observer=observer,
         )
 
     def __repr__(self) -> str:
@@ -305,6 +318,15 @@ class SharedGatewayClient:
         )
 
     async def _run(self, operation: str, call: Callable[[], _T]) -> _T:
+        try:
+            result = await self._run_once(operation, call)
+        except KmsRequestError as err:
+            observe_kms_call(self._observer, operation, err)
+            raise
+        observe_kms_call(self._observer, operation, None)
+        return result
+
+    async def _run_once(self, operation: str, call: Callable[[], _T]) -> _T:
         def guarded() -> _T:
             try:
                 return call()

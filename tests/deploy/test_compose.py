@@ -131,6 +131,7 @@ def test_brokers_are_locked_down_and_published_on_loopback_only() -> None:
         # the port that is published.
         assert args.dev is True
         assert args.listen == ["0.0.0.0:8080"]
+        assert args.log_format == "json"
         assert all(p.endswith(":8080") for p in service["ports"])
 
 

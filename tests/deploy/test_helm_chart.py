@@ -249,6 +249,8 @@ def test_commands_are_ones_our_cli_takes(values: dict[str, Any]) -> None:
         args = parser.parse_args(container["args"])
         assert args.command == command
         assert args.config == Path("/etc/trustee/config/kbs.toml")
+        if command == "serve":
+            assert args.log_format == values.get("log_format", "json")
         mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
         assert mounts["/etc/trustee/config"]["readOnly"] is True
         assert "/var/lib/trustee" in mounts
@@ -501,12 +503,35 @@ def test_refuses_what_cannot_work_and_says_why(values: dict[str, Any], message: 
         {"kbs": {"image": {"digest": "latest"}}},
         {"ingress": {"pathPrefix": "no-slash"}},
         {"database": {"url": "mysql://x"}},
+        {"kbs": {"trustedProxies": ["alb.example.com"]}},
+        {"kbs": {"trustedProxies": "10.0.0.0/8"}},
+        {"kbs": {"maxUnattestedSessions": 0}},
         {"unknown": 1},
     ],
 )
 def test_schema_rejects_bad_values(values: dict[str, Any]) -> None:
     with helm.Chart.load(CHART) as chart, pytest.raises(helm.HelmValuesError):
         chart.validate_schema(values)
+
+
+def test_limits_reach_the_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    defaults = _load(render({}).config_text, tmp_path, monkeypatch)
+    assert defaults.http_server.trusted_proxies == []
+    assert defaults.attestation_service.max_unattested_sessions == 100_000
+    assert defaults.database.statement_timeout_s == 30
+    rendered = render(
+        {
+            "kbs": {
+                "trustedProxies": ["192.168.0.0/24", "2001:db8::/64"],
+                "maxUnattestedSessions": 5000,
+            },
+            "database": {"statementTimeoutSeconds": 12.5},
+        }
+    )
+    settings = _load(rendered.config_text, tmp_path, monkeypatch)
+    assert settings.http_server.trusted_proxies == ["192.168.0.0/24", "2001:db8::/64"]
+    assert settings.attestation_service.max_unattested_sessions == 5000
+    assert settings.database.statement_timeout_s == 12.5
 
 
 def test_autoscaling_with_postgresql() -> None:
@@ -795,3 +820,12 @@ def test_install_command_in_docs_renders(seed_files: dict[str, Any]) -> None:
     assert rendered.container()["image"].startswith(
         "registry.cn-hangzhou.aliyuncs.com/example/confidential-kbs:"
     )
+
+
+def test_log_format_is_json_by_default_text_on_request_and_nothing_else() -> None:
+    parser = build_parser()
+    for values, expected in (({}, "json"), ({"log_format": "text"}, "text")):
+        args = parser.parse_args(render(values).container("kbs")["args"])
+        assert args.log_format == expected
+    with helm.Chart.load(CHART) as chart, pytest.raises(helm.HelmValuesError):
+        chart.validate_schema({"log_format": "yaml"})

@@ -602,3 +602,39 @@ async def test_shared_gateway_with_ack_rrsa_reads_and_writes(
     (issued,) = kms.emulator.issued_sts
     # The OIDC token and the temporary credentials stay out of the logs too.
     secrets_never_logged.forbidden.extend([oidc_token, issued[1], issued[2]])
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+async def test_metrics_count_every_kms_call_by_action_and_error_kind(kms, secrets_never_logged):
+    from prometheus_client.parser import text_string_to_metric_families  # noqa: PLC0415
+
+    plugin = kms.files_with_mount()
+    async with kms.kbs(plugin) as kbs:
+        kms.emulator.throttle(times=1, gateway="instance")  # retried, then served
+        assert await fetch(kbs, MODEL_KEY_URI) == MODEL_KEY.encode()
+        missing = await raw_get(kbs, "/kbs/v0/resource/default/aliyun/no-such-secret")
+        assert missing.status_code == 401
+        await kbs.admin().set_resource("default/aliyun/written", WRITTEN_V1)
+        text = (await kbs.http.get("/metrics")).text
+    samples = [s for f in text_string_to_metric_families(text) for s in f.samples]
+
+    def value(name: str, **labels: str) -> float:
+        return sum(s.value for s in samples if s.name == name and s.labels == labels)
+
+    # One count per request the emulator saw, whichever gateway served it.
+    actions = {r.action for r in kms.emulator.requests}
+    assert {"GetSecretValue", "CreateSecret"} <= actions
+    for action in actions:
+        assert value("kbs_kms_requests_total", action=action) == kms.emulator.count(action=action)
+    # Each attempt counts: the throttled one and its retry.
+    assert kms.emulator.count(action="GetSecretValue", status=429) == 1
+    assert value("kbs_kms_errors_total", action="GetSecretValue", kind="throttled") == 1
+    # The missing secret, and the readiness probe's (absent) probe secret.
+    not_found = kms.emulator.count(action="GetSecretValue", status=404)
+    assert not_found >= 1
+    assert value("kbs_kms_errors_total", action="GetSecretValue", kind="not_found") == not_found
+    assert value("kbs_resource_reads_total", resource_path="default/aliyun/model-decryption-key")
+    # Secret names are not labels: only actions and error kinds are.
+    assert "no-such-secret" not in text

@@ -79,12 +79,12 @@ def pccs_and_pki() -> Iterator[tuple[FakePccs, TestPki]]:
 
 
 @pytest.fixture
-async def tdx_verifier(pccs_and_pki) -> AsyncIterator[TdxVerifier]:
+async def tdx_verifier(pccs_and_pki, tdx_executor) -> AsyncIterator[TdxVerifier]:
     pccs, pki = pccs_and_pki
     async with httpx.AsyncClient() as client:
         fetcher = PccsFetcher(client, base_urls=[pccs.url], root_ca_der=pki.root_der)
         source = CachingCollateralSource(fetcher, root_ca_der=pki.root_der)
-        yield TdxVerifier(collateral=source, root_ca_der=pki.root_der)
+        yield TdxVerifier(collateral=source, root_ca_der=pki.root_der, executor=tdx_executor)
 
 
 async def _start(tmp_path: Path, tdx_verifier: TdxVerifier, **overrides: Any):

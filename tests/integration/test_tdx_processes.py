@@ -72,7 +72,10 @@ storage_backend_type = "kvstorage"
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory, shared_dir: Path) -> Iterator[Served]:
+def served(
+    tmp_path_factory: pytest.TempPathFactory, shared_dir: Path, verify_processes: int
+) -> Iterator[Served]:
+    # verify_processes: the server verifies inline, then in its process pool.
     tmp_path = tmp_path_factory.mktemp("kbs-serve")
     raw, rtmrs = ccel(shared_dir)
     ccel_table = tmp_path / "CCEL"

@@ -40,6 +40,9 @@ from support.tdx_guest import (
 )
 from support.tdx_pki import TD_DEBUG, TestPki
 
+# Every test twice: TDX verification inline and in the process pool (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("verify_processes")
+
 SECRET = b"tdx-model-key"
 ERR = "https://github.com/confidential-containers/kbs/errors/"
 DAY = dt.timedelta(days=1)
@@ -448,3 +451,81 @@ async def test_readyz_reports_collateral_per_platform(tdx: Tdx, kbs: RunningKbs)
     pccs.parts = {pki.fmspc: pki.collateral_parts(kbs.clock.now())}
     await _attest(kbs, tdx.guest)
     assert (await kbs.http.get("/readyz")).status_code == 200
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def _metric(text: str, name: str, **labels: str) -> float:
+    """The value of sample ``name`` with exactly these labels (0 when absent)."""
+    from prometheus_client.parser import text_string_to_metric_families  # noqa: PLC0415
+
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return float(sample.value)
+    return 0.0
+
+
+async def _metrics(kbs: RunningKbs) -> str:
+    return (await kbs.http.get("/metrics")).text
+
+
+async def test_metrics_count_pccs_requests_cache_lookups_and_dcap(
+    tdx: Tdx, kbs: RunningKbs
+) -> None:
+    await _attest(kbs, tdx.guest)  # cold: one fetch of the four pieces
+    await _attest(kbs, tdx.guest)  # warm: no PCCS request
+    text = await _metrics(kbs)
+    for endpoint in ("pckcrl", "tcb", "qe_identity", "rootcacrl"):
+        assert _metric(text, "kbs_pccs_requests_total", endpoint=endpoint) == 1
+        assert _metric(text, "kbs_pccs_errors_total", endpoint=endpoint) == 0
+    assert _metric(text, "kbs_collateral_cache_lookups_total", result="miss") == 1
+    assert _metric(text, "kbs_collateral_cache_lookups_total", result="hit") == 1
+    assert _metric(text, "kbs_attestation_successes_total", tee_type="tdx") == 2
+    verified = {"tee": "tdx", "outcome": "ok"}
+    assert _metric(text, "kbs_evidence_verification_seconds_count", **verified) == 2
+    assert _metric(text, "kbs_evidence_verification_seconds_sum", **verified) > 0
+    # The PCCS URL never appears: endpoint kinds only.
+    assert tdx.pccs.origin not in text
+
+
+async def test_metrics_count_pccs_errors_as_attestation_errors(tdx: Tdx, kbs: RunningKbs) -> None:
+    tdx.pccs.status = 500
+    assert (await _refused(kbs, tdx.guest)).status == 503
+    text = await _metrics(kbs)
+    assert _metric(text, "kbs_pccs_errors_total", endpoint="tcb") >= 1
+    assert _metric(text, "kbs_collateral_cache_lookups_total", result="miss") >= 1
+    # Our dependency failed: an error, not the guest's failure.
+    assert _metric(text, "kbs_attestation_errors_total") >= 1
+    assert _metric(text, "kbs_attestation_failures_total", tee_type="tdx") == 0
+    errored = {"tee": "tdx", "outcome": "error"}
+    assert _metric(text, "kbs_evidence_verification_seconds_count", **errored) >= 1
+
+
+async def test_metrics_count_stale_collateral_served(tdx: Tdx, kbs: RunningKbs) -> None:
+    await _attest(kbs, tdx.guest)
+    tdx.pccs.down = True
+    expiry = tdx.pccs.parts[tdx.pki.fmspc].next_update
+    kbs.clock.set(expiry - dt.timedelta(hours=2))  # due for refresh, still valid
+    await _attest(kbs, tdx.guest)
+    await _refreshes_done(kbs)
+    text = await _metrics(kbs)
+    assert _metric(text, "kbs_collateral_cache_lookups_total", result="stale") == 1
+    assert _metric(text, "kbs_attestation_successes_total", tee_type="tdx") == 2
+
+
+async def test_metrics_count_a_forged_quote_as_a_tdx_failure(tdx: Tdx, kbs: RunningKbs) -> None:
+    forged = PkiAttester(
+        tdx.pki,
+        eventlog=tdx.guest.eventlog,
+        rtmrs=tdx.rtmrs,
+        mr_config_id=tdx.guest.mr_config_id,
+        mutate=lambda q: flip_bit(q, 48 + 136),
+    )
+    assert (await _refused(kbs, forged)).status == 401
+    text = await _metrics(kbs)
+    assert _metric(text, "kbs_attestation_failures_total", tee_type="tdx") == 1
+    assert _metric(text, "kbs_attestation_errors_total") == 0
+    rejected = {"tee": "tdx", "outcome": "rejected"}
+    assert _metric(text, "kbs_evidence_verification_seconds_count", **rejected) == 1

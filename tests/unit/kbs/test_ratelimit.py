@@ -9,7 +9,13 @@ import pytest
 from starlette.requests import Request
 
 from kbs.errors import RateLimitedError, describe
-from kbs.ratelimit import RateLimiter, client_address
+from kbs.ratelimit import (
+    MAX_FORWARDED_HOPS,
+    NO_PROXIES,
+    RateLimiter,
+    TrustedProxies,
+    client_address,
+)
 from kbs.settings import RateLimitSettings
 
 T0 = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
@@ -93,3 +99,62 @@ def test_client_address_is_the_peer_not_a_header():
     }
     assert client_address(Request(scope)) == "10.1.2.3"
     assert client_address(Request({"type": "http", "headers": [], "client": None})) == "unknown"
+
+
+def _request(peer: str | None, *forwarded: str) -> Request:
+    return Request(
+        {
+            "type": "http",
+            "headers": [(b"x-forwarded-for", value.encode()) for value in forwarded],
+            "client": (peer, 5555) if peer is not None else None,
+        }
+    )
+
+
+ALB = TrustedProxies(["10.0.0.0/8", "2001:db8::/32"])
+
+
+@pytest.mark.parametrize(
+    ("peer", "forwarded", "client"),
+    [
+        # An untrusted peer's header is ignored, whatever it says.
+        ("192.0.2.1", ["203.0.113.9"], "192.0.2.1"),
+        ("192.0.2.1", ["10.0.0.5"], "192.0.2.1"),
+        # Through the balancer: the hop it appended is the client.
+        ("10.0.0.2", ["203.0.113.9"], "203.0.113.9"),
+        # A client's own (spoofed) entries sit to the left and are ignored.
+        ("10.0.0.2", ["1.1.1.1, 203.0.113.9"], "203.0.113.9"),
+        ("10.0.0.2", ["1.1.1.1", "203.0.113.9"], "203.0.113.9"),
+        # Trusted hops (a second proxy tier) are skipped from the right.
+        ("10.0.0.2", ["1.1.1.1, 203.0.113.9, 10.9.9.9"], "203.0.113.9"),
+        # Every hop trusted: the leftmost is the client.
+        ("10.0.0.2", ["10.1.1.1, 10.2.2.2"], "10.1.1.1"),
+        # IPv6, canonicalised; an IPv4-mapped peer is its IPv4 address.
+        ("2001:db8::1", ["2001:DB8:0:0::ff00:0:1, 2001:db8::7"], "2001:db8::ff00:0:1"),
+        ("::ffff:10.0.0.2", ["203.0.113.9"], "203.0.113.9"),
+        # Malformed: the peer (the balancer's shared bucket), never a guess.
+        ("10.0.0.2", ["not-an-address"], "10.0.0.2"),
+        ("10.0.0.2", ["203.0.113.9:4444"], "10.0.0.2"),
+        ("10.0.0.2", ["203.0.113.9,"], "10.0.0.2"),
+        ("10.0.0.2", [""], "10.0.0.2"),
+        # Malformed to the left of the client does not matter: it is never examined.
+        ("10.0.0.2", ["garbage, 203.0.113.9"], "203.0.113.9"),
+        # No header at all: the peer.
+        ("10.0.0.2", [], "10.0.0.2"),
+        # Too many trusted hops to examine: the peer.
+        ("10.0.0.2", [", ".join(["10.0.0.1"] * (MAX_FORWARDED_HOPS + 1))], "10.0.0.2"),
+    ],
+)
+def test_client_address_through_trusted_proxies(peer, forwarded, client):
+    assert client_address(_request(peer, *forwarded), ALB) == client
+
+
+def test_client_address_without_a_peer_is_unknown():
+    assert client_address(_request(None, "203.0.113.9"), ALB) == "unknown"
+
+
+def test_trusted_proxies_reject_garbage():
+    with pytest.raises(ValueError, match="does not appear to be"):
+        TrustedProxies(["10.0.0.0/8", "proxy.example"])
+    assert not NO_PROXIES
+    assert ALB

@@ -238,3 +238,45 @@ def test_attestation_service_api_key_errors(tmp_path: Path, text: str, message: 
     path.write_text(text)
     with pytest.raises(ConfigError, match=message):
         load_settings(path)
+
+
+def test_limit_keys(tmp_path: Path) -> None:
+    path = tmp_path / "kbs.toml"
+    path.write_text(
+        "[http_server]\n"
+        'trusted_proxies = ["10.0.0.0/8", "192.168.1.7", "2001:db8::/32"]\n'
+        "request_header_size = 64\n"
+        "request_header_timeout_s = 2.5\n"
+        "[attestation_service]\n"
+        "max_unattested_sessions = 500\n"
+        "[database]\n"
+        "statement_timeout_s = 7.5\n"
+    )
+    settings = load_settings(path)
+    assert settings.http_server.trusted_proxies == ["10.0.0.0/8", "192.168.1.7", "2001:db8::/32"]
+    assert settings.http_server.request_header_size == 64
+    assert settings.http_server.request_header_timeout_s == 2.5
+    assert settings.attestation_service.max_unattested_sessions == 500
+    assert settings.database.statement_timeout_s == 7.5
+    defaults = load_settings(None)
+    assert defaults.http_server.trusted_proxies == []
+    assert defaults.http_server.request_header_size == 128
+    assert defaults.attestation_service.max_unattested_sessions == 100_000
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('[http_server]\ntrusted_proxies = ["alb.internal"]\n', "not an address or CIDR"),
+        ('[http_server]\ntrusted_proxies = ["10.0.0.0/33"]\n', "not an address or CIDR"),
+        ("[http_server]\nrequest_header_size = 4\n", "request_header_size"),
+        ("[http_server]\nrequest_header_timeout_s = 0\n", "request_header_timeout_s"),
+        ("[attestation_service]\nmax_unattested_sessions = 0\n", "max_unattested_sessions"),
+        ("[database]\nstatement_timeout_s = 0\n", "statement_timeout_s"),
+    ],
+)
+def test_limit_key_errors(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "kbs.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_settings(path)

@@ -12,6 +12,7 @@ data_dir = "/var/lib/trustee"
 migrate_on_start = false
 pool_size = {{ int .Values.database.poolSize }}
 timeout_s = {{ .Values.database.timeoutSeconds }}
+statement_timeout_s = {{ .Values.database.statementTimeoutSeconds }}
 
 [http_server]
 sockets = ["0.0.0.0:8080"]
@@ -26,9 +27,14 @@ insecure_http = true
 worker_count = {{ int .Values.kbs.workers }}
 # The ALB forwards /{{ trimPrefix "/" (include "trustee.pathPrefix" .) }}/kbs/... with or without rewriting it; both are served.
 path_prefix = {{ include "trustee.toml" (include "trustee.pathPrefix" .) }}
+{{- with .Values.kbs.trustedProxies }}
+# X-Forwarded-For names the client only on requests from these (the ALB).
+trusted_proxies = [{{ range $i, $cidr := . }}{{ if $i }}, {{ end }}{{ include "trustee.toml" $cidr }}{{ end }}]
+{{- end }}
 
 [attestation_service]
 timeout = {{ int .Values.kbs.sessionTimeoutMinutes }}
+max_unattested_sessions = {{ int .Values.kbs.maxUnattestedSessions }}
 {{- with (include "trustee.pccsUrl" .) }}
 
 [attestation_service.verifier_config.dcap_verifier]

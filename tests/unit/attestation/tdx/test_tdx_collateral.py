@@ -482,3 +482,45 @@ async def test_aclose_cancels_fetches_under_way(client, pki, pccs):
     assert not source._inflight
     with pytest.raises(asyncio.CancelledError):
         await waiter
+
+
+# ---------------------------------------------------------------- observer (metrics)
+
+
+class _Recorder:
+    """A CollateralObserver that remembers what it was told."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, bool]] = []
+        self.lookups: list[str] = []
+
+    def pccs_request(self, endpoint: str, *, ok: bool) -> None:
+        self.requests.append((endpoint, ok))
+
+    def collateral_lookup(self, result: str) -> None:
+        self.lookups.append(result)
+
+
+async def test_observer_hears_every_pccs_request_and_lookup(client, pki, pccs):
+    seen = _Recorder()
+    fetcher = PccsFetcher(
+        client, base_urls=[pccs.url], root_ca_der=pki.root_der, timeout=5.0, observer=seen
+    )
+    source = CachingCollateralSource(fetcher, root_ca_der=pki.root_der, observer=seen)
+    _SOURCES.append(source)
+    await source.get_collateral(pki.fmspc, "platform", at=AT)  # miss: fetched
+    await source.get_collateral(pki.fmspc, "platform", at=AT)  # hit
+    assert sorted(seen.requests) == [
+        ("pckcrl", True),
+        ("qe_identity", True),
+        ("rootcacrl", True),
+        ("tcb", True),
+    ]
+    # Past max_age with the PCCS failing: served stale, the background refresh fails.
+    pccs.status = 500
+    await source.get_collateral(pki.fmspc, "platform", at=AT + 13 * HOUR)
+    await _settled(source)
+    assert seen.lookups == ["miss", "hit", "stale"]
+    failed = [endpoint for endpoint, ok in seen.requests[4:] if not ok]
+    assert failed
+    assert set(failed) <= {"pckcrl", "tcb", "qe_identity"}

@@ -50,9 +50,11 @@ def ccel(shared_dir):
 
 
 @pytest.fixture
-def verifier(pki):
+def verifier(pki, tdx_executor):
     return TdxVerifier(
-        collateral=StaticCollateralSource(pki.collateral()), root_ca_der=pki.root_der
+        collateral=StaticCollateralSource(pki.collateral()),
+        root_ca_der=pki.root_der,
+        executor=tdx_executor,
     )
 
 
@@ -340,3 +342,14 @@ async def test_sgx_quote_is_not_tdx_evidence(pki, verifier):
         await verifier.verify(
             _evidence(bytes(raw)), report_data=NOT_PROVIDED, init_data_hash=NOT_PROVIDED, at=AT
         )
+
+
+async def test_process_pool_claims_equal_inline_claims(pki, ccel, verification_pool):
+    source = StaticCollateralSource(pki.collateral())
+    evidence = _evidence(_bound_quote(pki, ccel), ccel[0])
+    kwargs = {"report_data": RUNTIME_DIGEST, "init_data_hash": INIT_DIGEST, "at": AT}
+    inline = TdxVerifier(collateral=source, root_ca_der=pki.root_der)
+    pooled = TdxVerifier(collateral=source, root_ca_der=pki.root_der, executor=verification_pool)
+    expected = await inline.verify(evidence, **kwargs)
+    assert "uefi_event_logs" in expected.claims
+    assert await pooled.verify(evidence, **kwargs) == expected
