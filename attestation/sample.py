@@ -29,7 +29,7 @@ def _parse(evidence: Any, tee: str) -> tuple[str, str]:
         # Old clients sent the evidence as a JSON string.
         try:
             evidence = json.loads(evidence)
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, RecursionError) as exc:
             raise EvidenceInvalidError(f"{tee} evidence is not JSON") from exc
     if not isinstance(evidence, dict):
         raise EvidenceInvalidError(f"{tee} evidence must be a JSON object")

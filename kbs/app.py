@@ -13,6 +13,7 @@ import contextlib
 import datetime as dt
 import json
 import logging
+import re
 from collections.abc import AsyncIterator, Collection, Sequence
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -21,6 +22,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from fastapi import FastAPI, Request, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from attestation.base import Verifier
@@ -28,7 +30,7 @@ from attestation.errors import AttestationError
 from attestation.registry import VerifierRegistry
 from attestation.sample import SampleDeviceVerifier, SampleVerifier
 from attestation.tdx.verifier import TdxVerifier
-from kbs import __version__, db, hotsql
+from kbs import __version__, db, hotsql, openapi
 from kbs import metrics as metrics_routes
 from kbs.admin_auth import build_admin_authorizer
 from kbs.appraisal import AttestationService
@@ -154,10 +156,15 @@ def create_app(
         lifespan=lifespan,
     )
     _mount_routes(app, apis)
+    # Every route in the spec, with its bodies and error answers (kbs/openapi.py).
+    openapi.install(app)
     for exc_type in (KbsError, AttestationError, PolicyError, StorageError):
         app.add_exception_handler(exc_type, _error_handler)
+    app.add_exception_handler(StarletteHTTPException, _routing_error_handler)
     if "as" in apis:
         app.add_middleware(restful_as.CollapseSlashesMiddleware)
+    # Before routing: a control character in the path never names anything of ours.
+    app.add_middleware(_ControlCharacterMiddleware)
     app.add_middleware(_CatchAllMiddleware)
     # Outside the catch-all, so answers it turns into 500s are counted too.
     app.state.metrics = Metrics()
@@ -249,6 +256,49 @@ async def _error_handler(request: Request, exc: Exception) -> Response:
         status_code=info.status,
         headers=headers,
     )
+
+
+#: Variants of the answers the router itself gives (no route; a route, but not that method).
+_ROUTING_VARIANTS: Final = {404: "PluginNotFound", 405: "MethodNotAllowed"}
+
+
+async def _routing_error_handler(request: Request, exc: Exception) -> Response:
+    """The router's own 404/405 answers in our error body, like every other error."""
+    assert isinstance(exc, StarletteHTTPException)
+    variant = _ROUTING_VARIANTS.get(exc.status_code, "InvalidRequest")
+    detail = "no endpoint at this path" if exc.status_code == 404 else str(exc.detail)  # noqa: PLR2004
+    info = ErrorInfo(status=exc.status_code, variant=variant, detail=detail)
+    return json_response(
+        _error_body(request.method, request.url.path, info),
+        status_code=exc.status_code,
+        headers=dict(exc.headers) if exc.headers else None,
+    )
+
+
+#: C0 controls and DEL. No endpoint, resource path, policy or reference value id has one.
+_CONTROL_CHARACTERS: Final = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class _ControlCharacterMiddleware:
+    """Answer 404 ``InvalidRequestPath`` for a path with a control character in it.
+
+    The router's patterns end in ``$``, which also matches before a final newline, so
+    ``/kbs/v0/resource/a/b/c%0A`` would otherwise act on ``a/b/c``.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and _CONTROL_CHARACTERS.search(scope["path"]):
+            info = describe(InvalidRequestPathError("request path contains a control character"))
+            response = json_response(
+                _error_body(str(scope.get("method")), scope["path"], info),
+                status_code=info.status,
+            )
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 class _CatchAllMiddleware:

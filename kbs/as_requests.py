@@ -128,7 +128,8 @@ def loads(raw: bytes) -> Any:
     """Parse a JSON body strictly (no ``NaN``/``Infinity``, UTF-8 only).
 
     Raises:
-        AsBodyError: not JSON; ``position`` carries serde's line and column.
+        AsBodyError: not JSON, or nested too deeply; ``position`` carries serde's line
+            and column.
     """
 
     def refuse(token: str) -> Any:
@@ -143,6 +144,9 @@ def loads(raw: bytes) -> Any:
         raise AsBodyError(message, position=(exc.lineno, exc.colno)) from exc
     except ValueError as exc:
         raise AsBodyError(str(exc)) from exc
+    except RecursionError as exc:
+        # serde_json's own limit (128 levels) gives the same message.
+        raise AsBodyError("recursion limit exceeded") from exc
 
 
 # --------------------------------------------------------------------------- serde-ish
@@ -376,7 +380,7 @@ def _device(raw: _RawDevice) -> VerificationRequest:
         raise AsRequestError("failed to parse evidence as JSON", "evidence is too large")
     try:
         evidence = json.loads(evidence_bytes)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise AsRequestError("failed to parse evidence as JSON", "not a JSON document") from exc
     # b. The TEE must be one the API knows (an enabled verifier is checked later).
     tee = _tee_name(raw.tee)

@@ -63,13 +63,16 @@ async def read_json(request: Request, limit: int) -> Any:
 
     Raises:
         PayloadTooLargeError: the body is too large.
-        SerdeError: the body is not JSON.
+        SerdeError: the body is not JSON, or nested too deeply to parse.
     """
     body = await read_body(request, limit)
     try:
         return json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise SerdeError("request body is not valid JSON") from exc
+    except RecursionError as exc:
+        # "[[[[..." within the size limit exhausts the parser's stack: the client's fault.
+        raise SerdeError("request body is nested too deeply") from exc
 
 
 def json_response(

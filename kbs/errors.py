@@ -58,6 +58,7 @@ __all__ = [
     "TokenNotFoundError",
     "TokenVerifierError",
     "describe",
+    "error_variants",
 ]
 
 #: The reference's (non-resolvable) error type namespace.
@@ -216,3 +217,12 @@ def describe(exc: BaseException) -> ErrorInfo:
             detail = fixed if fixed is not None else str(exc)
             return ErrorInfo(status=status, variant=variant, detail=detail or variant)
     return ErrorInfo(status=500, variant="InternalError", detail="internal error")
+
+
+def error_variants() -> dict[int, tuple[str, ...]]:
+    """Every error variant this table can answer, by status (for the OpenAPI document)."""
+    variants: dict[int, list[str]] = {500: ["InternalError"]}
+    for _exc_type, status, variant, _fixed in _TABLE:
+        if variant not in variants.setdefault(status, []):
+            variants[status].append(variant)
+    return {status: tuple(names) for status, names in variants.items()}

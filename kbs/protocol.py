@@ -191,11 +191,19 @@ def parse_init_data_toml(body: str) -> InitData:
     ``policy_data := {``), as the reference does.
 
     Raises:
-        ProtocolError: too large, not TOML, or an unknown algorithm.
+        ProtocolError: too large, not TOML, nested too deeply, or an unknown algorithm.
     """
     raw = body.encode()
     if len(raw) > MAX_INIT_DATA_BYTES:
         raise ProtocolError("init-data body is too large")
+    try:
+        return _parse_init_data_toml(body, raw)
+    except RecursionError as exc:
+        # Arrays or tables nested thousands deep exhaust the parser's stack.
+        raise ProtocolError("init-data body is nested too deeply") from exc
+
+
+def _parse_init_data_toml(body: str, raw: bytes) -> InitData:
     try:
         doc = tomllib.loads(body)
     except tomllib.TOMLDecodeError as exc:
@@ -213,7 +221,7 @@ def parse_init_data_toml(body: str) -> InitData:
             if isinstance(claims.get(key), str):
                 try:
                     claims[key] = tomllib.loads(claims[key])
-                except tomllib.TOMLDecodeError:
+                except (tomllib.TOMLDecodeError, RecursionError):
                     _logger.debug("init-data %s is not TOML; kept as a string", key)
         rego = claims.get("policy.rego")
         if isinstance(rego, str):
@@ -231,7 +239,7 @@ def _extract_policy_data(rego: str) -> Any:
         return None
     try:
         return json.loads(rego[start + len(marker) - 1 :])
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         return None
 
 

@@ -155,7 +155,7 @@ def _decode_message(message: str | bytes | Mapping[str, Any]) -> Mapping[str, An
         raise ReferenceValueError(f"message is larger than {MAX_MESSAGE_BYTES} bytes")
     try:
         fields = json.loads(message)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise ReferenceValueError("message is not valid json") from exc
     if not isinstance(fields, dict):
         raise ReferenceValueError("message must be a json object")
@@ -174,7 +174,7 @@ def _decode_sample_payload(payload: object) -> dict[str, Any]:
         raise ReferenceValueError("payload is not standard base64") from exc
     try:
         decoded = json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_members)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise ReferenceValueError("payload is not a json object") from exc
     if not isinstance(decoded, dict):
         raise ReferenceValueError("payload is not a json object")

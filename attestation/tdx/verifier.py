@@ -156,7 +156,7 @@ def _parse_evidence(evidence: Any, max_quote: int, max_eventlog: int) -> _Eviden
             raise EvidenceInvalidError("tdx evidence is too large")
         try:
             evidence = json.loads(evidence)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise EvidenceInvalidError("tdx evidence is not json") from exc
     if not isinstance(evidence, dict):
         raise EvidenceInvalidError("tdx evidence must be a json object")

@@ -41,7 +41,7 @@ def _additional_devices(additional: str) -> dict[str, Any]:
         return {}
     try:
         devices = json.loads(additional)
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, RecursionError) as exc:
         raise AttestFailedError(f"{_ATTEST_FAILED}: additional_evidence is not JSON") from exc
     if not isinstance(devices, dict):
         raise AttestFailedError(f"{_ATTEST_FAILED}: additional_evidence must be a JSON object")
