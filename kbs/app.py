@@ -461,7 +461,12 @@ async def _build_state(
         token_verifier=token_verifier,
         attestation=attestation,
         resources=build_resource_router(
-            settings, engine=engine, clock=clock.now, entropy=entropy, kms_observer=metrics
+            settings,
+            engine=engine,
+            clock=clock.now,
+            entropy=entropy,
+            kms_observer=metrics,
+            read_row=sql.fetch_one,
         ),
         admin=admin_authorizer,
         simple_signer=simple_signer,

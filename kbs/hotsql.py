@@ -13,7 +13,12 @@ as SQL text with ``:name`` parameters and run
   back-off until the database timeout has passed;
 * on anything else (PostgreSQL, in-memory SQLite): through the application's SQLAlchemy
   engine with ``exec_driver_sql``, which keeps its pool and pre-ping but skips statement
-  construction and compilation.
+  construction and compilation. The hot paths take at most ``pool_size`` connections at
+  once and the others **queue** for one (first come, first served, no time limit): under
+  overload a request waits for a connection its own process holds instead of failing once
+  the pool's checkout timeout (``[database] timeout_s``, meant to detect an unreachable
+  database) has passed. The pool's overflow stays free for the cold paths, and opening a
+  connection still fails after ``timeout_s``.
 
 Schema, migrations and the cold paths (admin writes, listings) stay on SQLAlchemy.
 Nothing is cached here: every call reads the database, so replicas sharing it always
@@ -23,6 +28,7 @@ agree.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import re
@@ -34,6 +40,7 @@ from typing import Any, Final, Protocol, TypeVar
 
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.pool import QueuePool
 
 _logger = logging.getLogger(__name__)
 
@@ -269,11 +276,20 @@ class _EngineTx:
 class EngineSql:
     """The same statements through an SQLAlchemy async engine (PostgreSQL, in-memory)."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
-        """Use ``engine``'s pool; its driver's parameter style is derived from it."""
+    def __init__(self, engine: AsyncEngine, *, max_connections: int | None = None) -> None:
+        """Use ``engine``'s pool; its driver's parameter style is derived from it.
+
+        ``max_connections`` (default: the pool's ``pool_size``, if it has one) caps the
+        connections these statements hold at once; more callers wait in turn (see the
+        module doc).
+        """
         self._engine = engine
         pyformat = engine.dialect.paramstyle == "pyformat"
         self._convert: Callable[[str], str] = _pyformat if pyformat else _identity
+        limit = max_connections if max_connections is not None else _pool_size(engine)
+        self._gate: asyncio.Semaphore | contextlib.nullcontext[None] = (
+            asyncio.Semaphore(limit) if limit is not None else contextlib.nullcontext()
+        )
 
     # Single statements run in autocommit: each is its own transaction either way, and
     # the driver then sends no BEGIN and no COMMIT/ROLLBACK (two round trips fewer).
@@ -281,7 +297,7 @@ class EngineSql:
     async def fetch_one(self, sql: str, params: Params) -> Row | None:
         """See :meth:`HotSql.fetch_one`."""
         try:
-            async with self._engine.connect() as conn:
+            async with self._gate, self._engine.connect() as conn:
                 auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
                 return await _EngineTx(auto, self._convert).fetch_one(sql, params)
         except SQLAlchemyError as exc:
@@ -290,7 +306,7 @@ class EngineSql:
     async def fetch_all(self, sql: str, params: Params) -> list[Row]:
         """See :meth:`HotSql.fetch_all`."""
         try:
-            async with self._engine.connect() as conn:
+            async with self._gate, self._engine.connect() as conn:
                 auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
                 result = await auto.exec_driver_sql(self._convert(sql), dict(params))
                 return [tuple(row) for row in result.all()]
@@ -300,7 +316,7 @@ class EngineSql:
     async def execute(self, sql: str, params: Params) -> int:
         """See :meth:`HotSql.execute`."""
         try:
-            async with self._engine.connect() as conn:
+            async with self._gate, self._engine.connect() as conn:
                 auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
                 return await _EngineTx(auto, self._convert).execute(sql, params)
         except SQLAlchemyError as exc:
@@ -309,7 +325,7 @@ class EngineSql:
     async def transaction(self, body: Callable[[HotTx], Awaitable[T]]) -> T:
         """See :meth:`HotSql.transaction`."""
         try:
-            async with self._engine.begin() as conn:
+            async with self._gate, self._engine.begin() as conn:
                 return await body(_EngineTx(conn, self._convert))
         except SQLAlchemyError as exc:
             raise HotSqlError(type(exc).__name__) from exc
@@ -320,6 +336,12 @@ class EngineSql:
 
 def _identity(sql: str) -> str:
     return sql
+
+
+def _pool_size(engine: AsyncEngine) -> int | None:
+    """The ``pool_size`` of a queue pool; ``None`` for pools without one (SQLite)."""
+    pool = engine.sync_engine.pool
+    return pool.size() if isinstance(pool, QueuePool) else None
 
 
 def for_engine(engine: AsyncEngine, *, timeout_s: float = 5.0) -> HotSql:

@@ -162,7 +162,7 @@ async def decide(
             PolicyOutcome(
                 kind=kind,
                 policy_id=policy_id,
-                sha384=policy_hash(text),
+                sha384=decision.policy_hash or policy_hash(text),  # the engine hashed it
                 allowed=decision.allowed,
                 reason=decision.reason,
                 text=text,

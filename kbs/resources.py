@@ -38,7 +38,7 @@ from storage_backends.base import (
 from storage_backends.errors import StorageError, StorageUnavailableError, UnsupportedOperationError
 from storage_backends.file import FileBackend
 from storage_backends.memory import MemoryBackend
-from storage_backends.sql import SqlBackend
+from storage_backends.sql import RowReader, SqlBackend
 
 _logger = logging.getLogger(__name__)
 
@@ -206,6 +206,7 @@ def build_resource_router(
     clock: Callable[[], dt.datetime],
     entropy: Entropy = system_entropy,
     kms_observer: KmsObserver | None = None,
+    read_row: RowReader | None = None,
 ) -> ResourceRouter:
     """Build the backends the configuration names.
 
@@ -216,6 +217,8 @@ def build_resource_router(
       ``"Memory"``: process memory (lost on restart); no ``[storage_backend]``: the database;
     * ``Aliyun``: Alibaba Cloud KMS (``clock`` dates its requests, ``entropy`` makes
       version ids and retry jitter, ``kms_observer`` counts its calls);
+    * ``read_row`` (the plain-SQL hot path on the same database) serves the database
+      backend's guest reads;
     * each ``[[plugins.mounts]]`` entry: one of the above for its ``<repository>/<type>``,
       in front of the default.
 
@@ -245,6 +248,7 @@ def build_resource_router(
                 clock=clock,
                 entropy=entropy,
                 kms_observer=kms_observer,
+                read_row=read_row,
             ),
         )
         for entry in plugin.mounts
@@ -257,6 +261,7 @@ def build_resource_router(
         clock=clock,
         entropy=entropy,
         kms_observer=kms_observer,
+        read_row=read_row,
     )
     router = ResourceRouter([*mounts, Mount(None, None, default_backend)])
     if mounts:
@@ -276,6 +281,7 @@ def _build_backend(
     clock: Callable[[], dt.datetime],
     entropy: Entropy,
     kms_observer: KmsObserver | None = None,
+    read_row: RowReader | None = None,
 ) -> StorageBackend:
     keep = settings.keep_resource_versions
     backend: StorageBackend
@@ -284,7 +290,7 @@ def _build_backend(
     elif entry.storage_backend_type == "kvstorage":
         kv = settings.storage_backend
         if kv is None or kv.storage_type == "Postgres":
-            backend = SqlBackend(engine, clock=clock, keep_versions=keep)
+            backend = SqlBackend(engine, clock=clock, keep_versions=keep, read_row=read_row)
         elif kv.storage_type == "LocalFs":
             backend = FileBackend(
                 kv.backends.local_fs.dir_path / "repository",

@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import re
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final, Literal
@@ -59,6 +60,10 @@ EXP_LEEWAY_S: Final = 60
 
 #: Largest token accepted (verbose EAR tokens with event logs reach ~100 KiB).
 MAX_TOKEN_BYTES: Final = 512 * 1024
+#: How many of our own tokens whose signature checked out a verifier remembers (by the
+#: SHA-256 of the exact token text), so a guest's repeated Bearer fetches skip the ES256
+#: verify; ``exp`` and ``nbf`` are still judged on every request.
+VERIFIED_TOKEN_CACHE_ENTRIES: Final = 4096
 
 #: Where tokens of known issuers keep the TEE key, tried after ``extra_teekey_paths``.
 DEFAULT_TEEKEY_POINTERS: Final = (
@@ -376,6 +381,8 @@ class TokenVerifier:
             if isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1):
                 jwk = public_jwk(key)
                 self._own_es256[jwk["x"], jwk["y"]] = (jwk_thumbprint(jwk), key)
+        # SHA-256 of tokens whose header and signature passed _verify_own_es256 (LRU).
+        self._verified: OrderedDict[bytes, None] = OrderedDict()
 
     def verify(self, token: str, *, at: dt.datetime) -> dict[str, Any]:
         """Verify ``token`` at instant ``at`` and return its claims.
@@ -443,16 +450,28 @@ class TokenVerifier:
         4. the payload is a JSON object whose ``exp`` (with leeway) has not passed at
            ``at``, and whose ``nbf``, if present, has.
 
+        A token that passed 1 to 3 is remembered (bounded, see
+        :data:`VERIFIED_TOKEN_CACHE_ENTRIES`) and then only checked by 4.
+
         Raises:
             TokenVerifierError: the token names our key but fails a check.
         """
         header_b64, payload_b64, signature_b64 = token.split(".")
+        # 0. This exact token passed 1 to 3 before: our keys are fixed for the verifier's
+        #    life, so it passes them again; only step 4 depends on the time.
+        digest = hashlib.sha256(token.encode()).digest()
+        if digest in self._verified:
+            self._verified.move_to_end(digest)
+            return _timely_claims(payload_b64, at=at)
         # 1 and 2. The header, ours or not.
         key = self._own_header_key(header_b64)
         if key is None:
             return None
         # 3. Signature.
         _verify_es256(key, f"{header_b64}.{payload_b64}", signature_b64)
+        self._verified[digest] = None
+        if len(self._verified) > VERIFIED_TOKEN_CACHE_ENTRIES:
+            self._verified.popitem(last=False)
         # 4. Claims and their validity window, at the request's instant.
         return _timely_claims(payload_b64, at=at)
 

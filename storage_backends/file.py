@@ -51,7 +51,13 @@ next ``put``, so it can be rolled back to. A marker file ``created`` in the vers
 directory dates the resource's first versioned write.
 ``delete`` removes the version directory too.
 
-Blocking file I/O runs in a worker thread, one :func:`asyncio.to_thread` per operation.
+Blocking file I/O runs in a worker thread, one :func:`asyncio.to_thread` per operation,
+with one exception: without versions, ``get`` and ``read`` (the guest path) of a regular
+file of at most ``inline_read_max_bytes`` (:data:`INLINE_READ_MAX_BYTES`) run inline on
+the event loop: the same ``O_NOFOLLOW`` walk, ``fstat`` and read, a handful of system
+calls on a local directory, cheaper than the hand-off to a thread and back. A larger
+file is closed again after ``fstat`` and read in a worker thread. Pass
+``inline_read_max_bytes=0`` for a root whose file system may stall (a network mount).
 """
 
 from __future__ import annotations
@@ -116,6 +122,8 @@ VERSIONS_DIR: Final = ".kbs-versions"
 CREATED_MARKER: Final = "created"
 #: Most version files one resource's directory is scanned for (a guard against junk).
 MAX_VERSION_FILES: Final = 10_000
+#: Largest resource file ``get``/``read`` read inline on the event loop (see module doc).
+INLINE_READ_MAX_BYTES: Final = 64 * 1024
 
 # Open flags, written out in full (STYLE: security-relevant options even at their default).
 _ROOT_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
@@ -151,6 +159,7 @@ class FileBackend(StorageBackend):
         create: bool = False,
         max_resource_bytes: int = DEFAULT_MAX_RESOURCE_BYTES,
         keep_versions: int = 0,
+        inline_read_max_bytes: int = INLINE_READ_MAX_BYTES,
     ) -> None:
         """Serve resources from ``root``.
 
@@ -163,6 +172,8 @@ class FileBackend(StorageBackend):
             max_resource_bytes: Size cap for one resource.
             keep_versions: How many previous values to keep per resource, under
                 ``<root>/.kbs-versions`` (0: none, and no version directory is written).
+            inline_read_max_bytes: Without versions, read files up to this size inline
+                on the event loop (0: always in a worker thread).
 
         Raises:
             ValueError: ``layout`` is unknown, or ``keep_versions`` is negative.
@@ -176,6 +187,7 @@ class FileBackend(StorageBackend):
         if keep_versions < 0:
             raise ValueError("keep_versions must not be negative")
         self.keep_versions = keep_versions
+        self.inline_read_max_bytes = inline_read_max_bytes
         _require_platform_support()
         self.root = Path(root).absolute()
         self.layout: Layout = layout
@@ -186,6 +198,9 @@ class FileBackend(StorageBackend):
     # ------------------------------------------------------------------ async hooks
 
     async def _get(self, desc: ResourceDesc) -> bytes:
+        if self.inline_read_max_bytes > 0:
+            with contextlib.suppress(_NotInlineError):
+                return self._get_sync(desc, inline_max=self.inline_read_max_bytes)
         return await asyncio.to_thread(self._get_sync, desc)
 
     async def _put(self, desc: ResourceDesc, data: bytes) -> str | None:
@@ -201,6 +216,11 @@ class FileBackend(StorageBackend):
         await asyncio.to_thread(self._check_sync)
 
     async def _read(self, desc: ResourceDesc) -> VersionedValue:
+        if self.keep_versions == 0 and self.inline_read_max_bytes > 0:
+            with contextlib.suppress(_NotInlineError):
+                return VersionedValue(
+                    self._get_sync(desc, inline_max=self.inline_read_max_bytes), None
+                )
         return await asyncio.to_thread(self._read_sync, desc)
 
     async def _describe(self, desc: ResourceDesc) -> ResourceInfo:
@@ -227,12 +247,13 @@ class FileBackend(StorageBackend):
 
     # ------------------------------------------------------------------ operations
 
-    def _get_sync(self, desc: ResourceDesc) -> bytes:
+    def _get_sync(self, desc: ResourceDesc, *, inline_max: int | None = None) -> bytes:
+        """The resource file's bytes (see :meth:`_read_file` for ``inline_max``)."""
         with self._open_root() as root_fd, self._open_parent(root_fd, desc) as parent:
             if parent is None:
                 raise ResourceNotFoundError("resource not found")
             dir_fd, name = parent
-            return self._read_file(dir_fd, name, desc)
+            return self._read_file(dir_fd, name, desc, inline_max=inline_max)
 
     def _put_sync(self, desc: ResourceDesc, data: bytes) -> str | None:
         if self.layout == "flat" and len(_flat_name(desc)) > NAME_MAX:
@@ -551,12 +572,18 @@ class FileBackend(StorageBackend):
                 stack.callback(os.close, dir_fd)
             yield dir_fd, desc.tag
 
-    def _read_file(self, dir_fd: int, name: str, desc: ResourceDesc) -> bytes:
+    def _read_file(
+        self, dir_fd: int, name: str, desc: ResourceDesc, *, inline_max: int | None = None
+    ) -> bytes:
         """Read the regular file ``name`` in ``dir_fd``, at most the size cap plus one byte.
+
+        With ``inline_max`` (the caller runs on the event loop), a file larger than that
+        is not read: :class:`_NotInlineError` tells the caller to read it in a thread.
 
         Raises:
             ResourceNotFoundError: no regular file (or a symlink) is there.
             ResourceTooLargeError: the file is larger than the size cap.
+            _NotInlineError: the file is larger than ``inline_max``.
         """
         try:
             fd = os.open(name, _READ_FLAGS, dir_fd=dir_fd)
@@ -573,12 +600,25 @@ class FileBackend(StorageBackend):
                 raise ResourceNotFoundError("resource not found")
             if st.st_size > self.max_resource_bytes:
                 raise ResourceTooLargeError("stored resource exceeds the size limit")
+            if inline_max is not None and st.st_size > inline_max:
+                raise _NotInlineError
+            if inline_max is not None:
+                # Bounded like the thread path: a file that grew since fstat is read to
+                # one byte past inline_max and handed to the thread path as too big.
+                data = _read_at_most(fd, inline_max + 1)
+                if len(data) > inline_max:
+                    raise _NotInlineError
+                return data
             # Read one byte past the cap: a file that grew since fstat still trips the
             # cap check in StorageBackend.get instead of being read without bound.
             return _read_at_most(fd, self.max_resource_bytes + 1)
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+class _NotInlineError(Exception):
+    """The file is too large to read on the event loop; read it in a worker thread."""
 
 
 class _Fd:

@@ -35,7 +35,7 @@ import builtins
 import datetime as dt
 import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final
 
 import sqlalchemy as sa
@@ -58,6 +58,15 @@ from storage_backends.errors import (
 )
 
 _logger = logging.getLogger(__name__)
+
+#: Runs one read with ``:name`` parameters and returns its first row, or ``None``
+#: (for instance the application's plain-SQL hot path); any exception it raises
+#: becomes :class:`StorageUnavailableError`.
+RowReader = Callable[[str, Mapping[str, Any]], Awaitable[tuple[Any, ...] | None]]
+
+#: The guest path's read, as plain SQL for a :data:`RowReader` (same columns as
+#: :meth:`SqlBackend._read` builds with SQLAlchemy).
+_READ_SQL: Final = "SELECT data, version FROM kbs_resources WHERE path = :path"
 
 __all__ = [
     "TABLE_NAME",
@@ -151,6 +160,7 @@ class SqlBackend(StorageBackend):
         clock: Callable[[], dt.datetime],
         max_resource_bytes: int = DEFAULT_MAX_RESOURCE_BYTES,
         keep_versions: int = 0,
+        read_row: RowReader | None = None,
     ) -> None:
         """Store resources through ``engine``.
 
@@ -160,6 +170,9 @@ class SqlBackend(StorageBackend):
                 ``created_at``/``updated_at``.
             max_resource_bytes: Size cap for one resource.
             keep_versions: How many previous values to keep per resource (0: none).
+            read_row: Runs :meth:`read` (the guest path, once per release) as plain SQL
+                on the same database instead of through the engine, which builds and
+                compiles a statement and, on SQLite, hops to a driver thread each time.
 
         Raises:
             ValueError: the engine's dialect is not supported, or ``keep_versions`` < 0.
@@ -174,6 +187,7 @@ class SqlBackend(StorageBackend):
         self._table = resources_table
         self._versions = resource_versions_table
         self.keep_versions = keep_versions
+        self._read_row = read_row
 
     async def _get(self, desc: ResourceDesc) -> bytes:
         """Return the row's data.
@@ -189,6 +203,11 @@ class SqlBackend(StorageBackend):
         return bytes(data)
 
     async def _read(self, desc: ResourceDesc) -> VersionedValue:
+        if self._read_row is not None:
+            found = await self._read_row(_READ_SQL, {"path": str(desc)})
+            if found is None:
+                raise ResourceNotFoundError("resource not found")
+            return VersionedValue(bytes(found[0]), str(found[1]))
         query = sa.select(self._table.c.data, self._table.c.version).where(
             self._table.c.path == str(desc)
         )

@@ -8,6 +8,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from kbs import db
 from kbs.audit import AuditEvent
@@ -148,5 +149,56 @@ async def test_engine_path_statements_and_transactions(tmp_path: Path) -> None:
         assert await sql.fetch_all("SELECT k, v FROM t", {}) == [(1, "c")]
         with pytest.raises(HotSqlError):
             await sql.fetch_one("SELECT nope FROM t", {})
+    finally:
+        await engine.dispose()
+
+
+def _tight_pool_engine(tmp_path: Path) -> AsyncEngine:
+    """One pooled connection whose checkout gives up after 0.2 s (like `timeout_s`)."""
+    return create_async_engine(
+        f"sqlite+aiosqlite:///{tmp_path / 'pool.db'}",
+        pool_size=1,
+        max_overflow=0,
+        pool_timeout=0.2,
+    )
+
+
+async def _hold_connection(sql: EngineSql, seconds: float) -> tuple[object, ...] | None:
+    async def body(tx: HotTx) -> tuple[object, ...] | None:
+        row = await tx.fetch_one("SELECT 1", {})
+        await asyncio.sleep(seconds)  # a busy event loop: the holder resumes late
+        return row
+
+    return await sql.transaction(body)
+
+
+async def test_engine_path_queues_for_its_own_connections_instead_of_failing(
+    tmp_path: Path,
+) -> None:
+    """More callers than pooled connections wait their turn past the checkout timeout.
+
+    Each of four callers holds the only connection for 0.15 s, so the last one waits
+    0.45 s, more than the pool's 0.2 s checkout timeout: without the queue in front of
+    the pool it would fail (the negative control below shows it does).
+    """
+    engine = _tight_pool_engine(tmp_path)
+    try:
+        sql = EngineSql(engine)  # the pool's size (1) is the limit
+        rows = await asyncio.gather(*(_hold_connection(sql, 0.15) for _ in range(4)))
+        assert rows == [(1,)] * 4
+        assert await sql.fetch_one("SELECT 2", {}) == (2,)
+    finally:
+        await engine.dispose()
+
+
+async def test_engine_path_without_the_queue_fails_on_checkout_timeout(tmp_path: Path) -> None:
+    """Control: a limit above the pool's size lets checkouts time out (HotSqlError)."""
+    engine = _tight_pool_engine(tmp_path)
+    try:
+        sql = EngineSql(engine, max_connections=4)
+        results = await asyncio.gather(
+            *(_hold_connection(sql, 0.15) for _ in range(4)), return_exceptions=True
+        )
+        assert any(isinstance(r, HotSqlError) for r in results)
     finally:
         await engine.dispose()

@@ -359,8 +359,11 @@ async def test_expired_token_replayed_as_bearer(affirming_kbs: RunningKbs) -> No
         token = await guest.attest()
     fresh = affirming_kbs.new_http()
     async with fresh:
-        ok = await fresh.get("/kbs/v0/resource/a/b/c", headers={"Authorization": f"Bearer {token}"})
-        assert ok.status_code == 200
+        for _ in range(2):  # the second is a hit in the verifier's cache of good tokens
+            ok = await fresh.get(
+                "/kbs/v0/resource/a/b/c", headers={"Authorization": f"Bearer {token}"}
+            )
+            assert ok.status_code == 200
         advance(affirming_kbs.clock, minutes=6, seconds=1)  # past exp + 60 s leeway
         late = await fresh.get(
             "/kbs/v0/resource/a/b/c", headers={"Authorization": f"Bearer {token}"}

@@ -139,6 +139,10 @@ async def test_versions_rollback_and_admin_reads(kbs: RunningKbs) -> None:
     assert await admin.list_resources() == []
     with pytest.raises(KbsClientError):
         await admin.get_resource_version(PATH, first)
+    # The guest path (plain SQL on the database backend) no longer finds it.
+    async with kbs.guest() as guest:
+        with pytest.raises(KbsClientError, match="resource not found"):
+            await guest.get_resource(PATH)
 
 
 async def test_listing_filters_and_formats(kbs: RunningKbs) -> None:

@@ -447,3 +447,51 @@ def test_own_header_with_extra_members_takes_the_generic_path() -> None:
     assert verifier.verify(token, at=AT)["x"] == 3
     with pytest.raises(TokenVerifierError, match="signature verification failed"):
         verifier.verify(token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB"), at=AT)
+
+
+# --------------------------------------------------------------------------- verified-token cache
+
+
+def test_cached_token_is_still_judged_at_each_request_instant() -> None:
+    signer, verifier = _own()
+    early = signer.sign(_claims(nbf=int(AT.timestamp()) + 120))
+    verifier.verify(early, at=AT + dt.timedelta(seconds=60))  # verified and remembered
+    assert len(verifier._verified) == 1
+    # A hit still checks nbf and exp against the instant it is given.
+    with pytest.raises(TokenVerifierError, match="not yet valid"):
+        verifier.verify(early, at=AT)
+    verifier.verify(early, at=AT + dt.timedelta(seconds=360))
+    with pytest.raises(TokenVerifierError, match="expired"):
+        verifier.verify(early, at=AT + dt.timedelta(seconds=361))
+
+
+def test_cached_token_does_not_vouch_for_a_tampered_copy() -> None:
+    signer, verifier = _own()
+    token = signer.sign(_claims(x=1))
+    assert verifier.verify(token, at=AT)["x"] == 1
+    header, _, signature = _segments(token)
+    forged = _b64url(json.dumps(_claims(x=2)).encode())
+    with pytest.raises(TokenVerifierError, match="signature verification failed"):
+        verifier.verify(f"{header}.{forged}.{signature}", at=AT)
+    raw = bytearray(base64.urlsafe_b64decode(signature + "=="))
+    raw[0] ^= 1
+    with pytest.raises(TokenVerifierError, match="signature verification failed"):
+        verifier.verify(f"{header}.{_segments(token)[1]}.{_b64url(bytes(raw))}", at=AT)
+    # A verifier for other keys never shares what this one remembered.
+    stranger = TokenVerifier(
+        own_keys=[TokenSigner(ec.generate_private_key(ec.SECP256R1())).public_key]
+    )
+    with pytest.raises(TokenVerifierError, match="not trusted"):
+        stranger.verify(token, at=AT)
+
+
+def test_verified_token_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("kbs.tokens.VERIFIED_TOKEN_CACHE_ENTRIES", 3)
+    signer, verifier = _own()
+    tokens = [signer.sign(_claims(n=n)) for n in range(5)]
+    for token in tokens:
+        verifier.verify(token, at=AT)
+    assert len(verifier._verified) == 3
+    # The oldest were dropped and are verified in full again (still accepted).
+    assert verifier.verify(tokens[0], at=AT)["n"] == 0
+    assert len(verifier._verified) == 3

@@ -497,3 +497,70 @@ async def test_errors_never_carry_the_secret(
         await tree(root).put(SAMPLE, b"TOP-SECRET-VALUE")
     assert "TOP-SECRET-VALUE" not in str(info.value)
     assert "TOP-SECRET-VALUE" not in caplog.text
+
+
+# ---------------------------------------------------------------- inline reads
+
+
+@pytest.fixture
+def thread_hops(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Names of the operations the backend hands to a worker thread."""
+    hops: list[str] = []
+    real = asyncio.to_thread
+
+    async def counting(func, /, *args, **kwargs):  # type: ignore[no-untyped-def]
+        hops.append(func.__name__)
+        return await real(func, *args, **kwargs)
+
+    monkeypatch.setattr(file_module.asyncio, "to_thread", counting)
+    return hops
+
+
+async def test_small_files_are_read_inline_and_large_ones_in_a_thread(
+    root: Path, thread_hops: list[str]
+) -> None:
+    backend = FileBackend(root, inline_read_max_bytes=1024)
+    small, large = ResourceDesc("a", "b", "small"), ResourceDesc("a", "b", "large")
+    await backend.put(small, b"s" * 1024)
+    await backend.put(large, b"L" * 1025)
+    thread_hops.clear()
+    assert await backend.get(small) == b"s" * 1024
+    assert (await backend.read(small)).data == b"s" * 1024
+    assert thread_hops == []
+    assert await backend.get(large) == b"L" * 1025
+    assert (await backend.read(large)).data == b"L" * 1025
+    assert thread_hops == ["_get_sync", "_read_sync"]
+    # Missing files answer the same on either path.
+    with pytest.raises(ResourceNotFoundError):
+        await backend.read(ResourceDesc("a", "b", "missing"))
+
+
+async def test_inline_reads_can_be_turned_off_and_skip_versioned_reads(
+    root: Path, thread_hops: list[str]
+) -> None:
+    off = FileBackend(root, inline_read_max_bytes=0)
+    await off.put(SAMPLE, b"v")
+    thread_hops.clear()
+    assert await off.get(SAMPLE) == b"v"
+    assert thread_hops == ["_get_sync"]
+    versioned = FileBackend(root, keep_versions=2)
+    await versioned.put(SAMPLE, b"v2")
+    thread_hops.clear()
+    value = await versioned.read(SAMPLE)
+    assert (value.data, value.version) == (b"v2", "2")
+    assert thread_hops == ["_read_sync"]  # the version number needs the version files
+
+
+@pytest.mark.parametrize("inline_max", [0, 1024])
+async def test_symlinks_are_refused_on_both_read_paths(
+    root: Path, outside: Path, inline_max: int
+) -> None:
+    (root / "cai" / "sample").mkdir(parents=True)
+    (root / "cai" / "sample" / "password").symlink_to(outside / "password")
+    (root / "cai" / "linked").symlink_to(root / "cai" / "sample")
+    backend = FileBackend(root, inline_read_max_bytes=inline_max)
+    for desc in (SAMPLE, ResourceDesc("cai", "linked", "password")):
+        with pytest.raises(ResourceNotFoundError):
+            await backend.read(desc)
+        with pytest.raises(ResourceNotFoundError):
+            await backend.get(desc)

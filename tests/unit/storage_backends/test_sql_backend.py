@@ -7,11 +7,13 @@ import datetime as dt
 import logging
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from kbs.hotsql import for_engine
 from storage_backends import (
     ResourceDesc,
     ResourceNotFoundError,
@@ -145,3 +147,42 @@ def test_table_definition_for_migrations() -> None:
     assert isinstance(table.c.data.type, sa.LargeBinary)
     assert isinstance(table.c.created_at.type, sa.BigInteger)
     assert not any(c.nullable for c in table.columns)
+
+
+async def test_plain_sql_reader_serves_reads_like_the_engine(engine: AsyncEngine, clock) -> None:
+    """``read_row`` (the app's hot path) answers what the engine path answers."""
+    hot = for_engine(engine)
+    calls: list[str] = []
+
+    async def read_row(sql: str, params: Any) -> tuple[Any, ...] | None:
+        calls.append(sql)
+        return await hot.fetch_one(sql, params)
+
+    fast = SqlBackend(engine, clock=clock, keep_versions=2, read_row=read_row)
+    slow = SqlBackend(engine, clock=clock, keep_versions=2)
+    try:
+        with pytest.raises(ResourceNotFoundError):
+            await fast.read(KEY)
+        await fast.put(KEY, b"v1")
+        version = await slow.put(KEY, b"v2")
+        assert await fast.read(KEY) == await slow.read(KEY)
+        assert (await fast.read(KEY)).data == b"v2"
+        assert (await fast.read(KEY)).version == version
+        await slow.delete(KEY)
+        with pytest.raises(ResourceNotFoundError):
+            await fast.read(KEY)
+        assert calls  # the reader, not the engine, served the reads
+    finally:
+        await hot.aclose()
+
+
+async def test_plain_sql_reader_failure_is_storage_unavailable(
+    sqlite_engine: AsyncEngine, clock
+) -> None:
+    async def broken(sql: str, params: Any) -> tuple[Any, ...] | None:
+        raise RuntimeError("database is gone")
+
+    backend = SqlBackend(sqlite_engine, clock=clock, read_row=broken)
+    await backend.put(KEY, b"v")
+    with pytest.raises(StorageUnavailableError):
+        await backend.read(KEY)
