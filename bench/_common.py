@@ -166,9 +166,14 @@ def process_tree(pid: int) -> list[int]:
 
 def cpu_seconds(pid: int) -> float:
     """utime + stime of ``pid`` and its live descendants, seconds."""
+    return cpu_seconds_of(process_tree(pid))
+
+
+def cpu_seconds_of(pids: Sequence[int]) -> float:
+    """utime + stime of the live processes among ``pids``, seconds."""
     tick = os.sysconf("SC_CLK_TCK")
     total = 0.0
-    for p in process_tree(pid):
+    for p in pids:
         try:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
         except OSError:

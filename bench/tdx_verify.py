@@ -36,7 +36,6 @@ import datetime as dt
 import hashlib
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -46,6 +45,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
+import _common as c  # bench/_common.py: free ports, server CPU from /proc
 import dcap_qvl
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -336,28 +336,6 @@ async def loop_stall_section(args: argparse.Namespace) -> None:
 # ------------------------------------------------------------------------------ 5
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _proc_cpu_seconds(pid: int) -> float:
-    """utime + stime of ``pid`` and its live children (the uvicorn workers), seconds."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    pids = [pid]
-    with contextlib.suppress(OSError):
-        pids += [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    for p in pids:
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / tick
-    return total
-
-
 SECRET = b"benchmark model key"
 
 
@@ -468,7 +446,7 @@ def kbs_serve(config: Path, workers: int, work: Path):
     """``kbs serve --config`` on a loopback port; yields (url, process)."""
     import httpx  # noqa: PLC0415
 
-    port = _free_port()
+    port = c.free_port()
     url = f"http://127.0.0.1:{port}"
     with (work / "server.log").open("w") as log_file:
         server = subprocess.Popen(
@@ -535,11 +513,11 @@ def flows_run(workers: int, args: argparse.Namespace) -> float:
             # Warm-up: every worker fetches (or loads) the collateral once.
             asyncio.run(load(url, guest, 2.0, args.concurrency))
             pccs.reset()
-            cpu_before = _proc_cpu_seconds(server.pid)
+            cpu_before = c.cpu_seconds(server.pid)
             wall_before = time.perf_counter()
             latencies = asyncio.run(load(url, guest, args.flow_seconds, args.concurrency))
             wall = time.perf_counter() - wall_before
-            cpu = _proc_cpu_seconds(server.pid) - cpu_before
+            cpu = c.cpu_seconds(server.pid) - cpu_before
             pccs_requests = pccs.count()
     q = statistics.quantiles(latencies, n=100)
     rate = len(latencies) / wall

@@ -50,18 +50,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import tdx_verify  # bench/tdx_verify.py: the flow, the config, kbs serve
-from tdx_verify import FakePccs, FlowGuest, TestPki
+from tdx_verify import (
+    FakePccs,
+    FlowGuest,
+    TestPki,
+    c,  # bench/_common.py (importing it first would drop bench/ from sys.path)
+)
 
 VERIFY_PROCESSES_ENV = "KBS_ATTESTATION_SERVICE__VERIFIER_CONFIG__DCAP_VERIFIER__VERIFY_PROCESSES"
-
-
-def _cpu_seconds(pids: list[int]) -> float:
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    for p in pids:
-        fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-        total += (int(fields[11]) + int(fields[12])) / tick
-    return total
 
 
 async def in_process_section(args: argparse.Namespace) -> None:
@@ -93,11 +89,12 @@ async def in_process_section(args: argparse.Namespace) -> None:
                     for i in range(first, n, streams):
                         await one(i)
 
-                cpu0, pool0, wall0 = time.process_time(), _cpu_seconds(pids), time.perf_counter()
+                cpu0, pool0 = time.process_time(), c.cpu_seconds_of(pids)
+                wall0 = time.perf_counter()
                 await asyncio.gather(*(stream(k) for k in range(streams)))
                 wall = time.perf_counter() - wall0
                 cpu = time.process_time() - cpu0
-                pool_cpu = _cpu_seconds(pids) - pool0
+                pool_cpu = c.cpu_seconds_of(pids) - pool0
                 print(
                     f"in-process {name} streams={streams}: {n / wall:.0f} verifications/s, "
                     f"caller CPU {cpu / n * 1e3:.3f} ms, pool process CPU "
@@ -107,33 +104,10 @@ async def in_process_section(args: argparse.Namespace) -> None:
         pool.shutdown()
 
 
-def _tree_cpu_seconds(pid: int) -> float:
-    """utime + stime of ``pid`` and all its live descendants, seconds."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
-    todo = [pid]
-    while todo:
-        p = todo.pop()
-        with contextlib.suppress(OSError):
-            for task in Path(f"/proc/{p}/task").iterdir():
-                todo += [int(c) for c in (task / "children").read_text().split()]
-        try:
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += (int(fields[11]) + int(fields[12])) / tick
-    return total
-
-
 def _tree_pss_mib(pid: int) -> float:
     """Proportional set size of ``pid`` and its live descendants, MiB (shared pages split)."""
     total = 0
-    todo = [pid]
-    while todo:
-        p = todo.pop()
-        with contextlib.suppress(OSError):
-            for task in Path(f"/proc/{p}/task").iterdir():
-                todo += [int(c) for c in (task / "children").read_text().split()]
+    for p in c.process_tree(pid):
         with contextlib.suppress(OSError):
             for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
                 if line.startswith("Pss:"):
@@ -225,12 +199,12 @@ def run(workers: int, verify_processes: int, args: argparse.Namespace) -> None:
             asyncio.run(tdx_verify.load(url, guest, 2.0, args.concurrency))  # warm-up
             with probing(port, interval) as idle:
                 time.sleep(2.0)
-            cpu_before = _tree_cpu_seconds(server.pid)
+            cpu_before = c.cpu_seconds(server.pid)
             wall_before = time.perf_counter()
             with probing(port, interval) as loaded:
                 latencies = asyncio.run(tdx_verify.load(url, guest, args.seconds, args.concurrency))
             wall = time.perf_counter() - wall_before
-            cpu = _tree_cpu_seconds(server.pid) - cpu_before
+            cpu = c.cpu_seconds(server.pid) - cpu_before
             pss = _tree_pss_mib(server.pid)
     mode = "inline" if verify_processes == 0 else f"pool {verify_processes}/worker"
     q = statistics.quantiles(latencies, n=100)
