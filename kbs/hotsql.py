@@ -34,7 +34,7 @@ import logging
 import re
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, Final, Protocol, TypeVar
 
@@ -265,6 +265,13 @@ class _EngineTx:
             raise HotSqlError(type(exc).__name__) from exc
         return None if row is None else tuple(row)
 
+    async def fetch_all(self, sql: str, params: Params) -> list[Row]:
+        try:
+            result = await self._conn.exec_driver_sql(self._convert(sql), dict(params))
+        except SQLAlchemyError as exc:
+            raise HotSqlError(type(exc).__name__) from exc
+        return [tuple(row) for row in result.all()]
+
     async def execute(self, sql: str, params: Params) -> int:
         try:
             result = await self._conn.exec_driver_sql(self._convert(sql), dict(params))
@@ -294,33 +301,30 @@ class EngineSql:
     # Single statements run in autocommit: each is its own transaction either way, and
     # the driver then sends no BEGIN and no COMMIT/ROLLBACK (two round trips fewer).
 
-    async def fetch_one(self, sql: str, params: Params) -> Row | None:
-        """See :meth:`HotSql.fetch_one`."""
+    @contextlib.asynccontextmanager
+    async def _autocommit(self) -> AsyncIterator[_EngineTx]:
+        """A gated pool connection in autocommit; driver errors become :class:`HotSqlError`."""
         try:
             async with self._gate, self._engine.connect() as conn:
                 auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
-                return await _EngineTx(auto, self._convert).fetch_one(sql, params)
+                yield _EngineTx(auto, self._convert)
         except SQLAlchemyError as exc:
             raise HotSqlError(type(exc).__name__) from exc
+
+    async def fetch_one(self, sql: str, params: Params) -> Row | None:
+        """See :meth:`HotSql.fetch_one`."""
+        async with self._autocommit() as tx:
+            return await tx.fetch_one(sql, params)
 
     async def fetch_all(self, sql: str, params: Params) -> list[Row]:
         """See :meth:`HotSql.fetch_all`."""
-        try:
-            async with self._gate, self._engine.connect() as conn:
-                auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
-                result = await auto.exec_driver_sql(self._convert(sql), dict(params))
-                return [tuple(row) for row in result.all()]
-        except SQLAlchemyError as exc:
-            raise HotSqlError(type(exc).__name__) from exc
+        async with self._autocommit() as tx:
+            return await tx.fetch_all(sql, params)
 
     async def execute(self, sql: str, params: Params) -> int:
         """See :meth:`HotSql.execute`."""
-        try:
-            async with self._gate, self._engine.connect() as conn:
-                auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
-                return await _EngineTx(auto, self._convert).execute(sql, params)
-        except SQLAlchemyError as exc:
-            raise HotSqlError(type(exc).__name__) from exc
+        async with self._autocommit() as tx:
+            return await tx.execute(sql, params)
 
     async def transaction(self, body: Callable[[HotTx], Awaitable[T]]) -> T:
         """See :meth:`HotSql.transaction`."""
