@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import builtins
 import datetime as dt
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -236,33 +237,20 @@ def build_resource_router(
             keep_versions=settings.keep_resource_versions,
         )
         return ResourceRouter([Mount(None, None, default)])
-    mounts = [
-        Mount(
-            entry.repository,
-            entry.resource_type,
-            _build_backend(
-                entry,
-                entry.path,
-                settings,
-                engine=engine,
-                clock=clock,
-                entropy=entropy,
-                kms_observer=kms_observer,
-                read_row=read_row,
-            ),
-        )
-        for entry in plugin.mounts
-    ]
-    default_backend = _build_backend(
-        plugin,
-        "*/*",
-        settings,
+    build = functools.partial(
+        _build_backend,
+        settings=settings,
         engine=engine,
         clock=clock,
         entropy=entropy,
         kms_observer=kms_observer,
         read_row=read_row,
     )
+    mounts = [
+        Mount(entry.repository, entry.resource_type, build(entry, entry.path))
+        for entry in plugin.mounts
+    ]
+    default_backend = build(plugin, "*/*")
     router = ResourceRouter([*mounts, Mount(None, None, default_backend)])
     if mounts:
         _logger.info(
