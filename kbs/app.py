@@ -215,7 +215,9 @@ def _add_fallback_routes(app: FastAPI) -> None:
     app.add_api_route("/kbs/v0/{plugin}/{rest:path}", unknown_plugin_path, **kwargs)
 
 
-def _error_body(method: str, path: str, info: ErrorInfo) -> dict[str, Any]:
+def _error_response(
+    method: str, path: str, info: ErrorInfo, headers: dict[str, str] | None = None
+) -> Response:
     """``{type, detail}`` plus our ``request_id`` member (guests also see it in ``detail``)."""
     request_id = current_request_id()
     detail = info.detail
@@ -224,7 +226,7 @@ def _error_body(method: str, path: str, info: ErrorInfo) -> dict[str, Any]:
     body: dict[str, Any] = {"type": info.type, "detail": detail}
     if request_id is not None:
         body["request_id"] = request_id
-    return body
+    return json_response(body, status_code=info.status, headers=headers)
 
 
 async def _error_handler(request: Request, exc: Exception) -> Response:
@@ -251,11 +253,7 @@ async def _error_handler(request: Request, exc: Exception) -> Response:
     headers = None
     if isinstance(exc, RateLimitedError):
         headers = {"retry-after": str(exc.retry_after_s)}
-    return json_response(
-        _error_body(request.method, request.url.path, info),
-        status_code=info.status,
-        headers=headers,
-    )
+    return _error_response(request.method, request.url.path, info, headers)
 
 
 #: Variants of the answers the router itself gives (no route; a route, but not that method).
@@ -268,11 +266,8 @@ async def _routing_error_handler(request: Request, exc: Exception) -> Response:
     variant = _ROUTING_VARIANTS.get(exc.status_code, "InvalidRequest")
     detail = "no endpoint at this path" if exc.status_code == 404 else str(exc.detail)  # noqa: PLR2004
     info = ErrorInfo(status=exc.status_code, variant=variant, detail=detail)
-    return json_response(
-        _error_body(request.method, request.url.path, info),
-        status_code=exc.status_code,
-        headers=dict(exc.headers) if exc.headers else None,
-    )
+    headers = dict(exc.headers) if exc.headers else None
+    return _error_response(request.method, request.url.path, info, headers)
 
 
 #: C0 controls and DEL. No endpoint, resource path, policy or reference value id has one.
@@ -292,10 +287,7 @@ class _ControlCharacterMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and _CONTROL_CHARACTERS.search(scope["path"]):
             info = describe(InvalidRequestPathError("request path contains a control character"))
-            response = json_response(
-                _error_body(str(scope.get("method")), scope["path"], info),
-                status_code=info.status,
-            )
+            response = _error_response(str(scope.get("method")), scope["path"], info)
             await response(scope, receive, send)
             return
         await self.app(scope, receive, send)
@@ -326,10 +318,7 @@ class _CatchAllMiddleware:
             if started:
                 raise
             info = describe(exc)
-            response = json_response(
-                _error_body(str(scope.get("method")), str(scope.get("path")), info),
-                status_code=info.status,
-            )
+            response = _error_response(str(scope.get("method")), str(scope.get("path")), info)
             await response(scope, receive, send)
 
 
