@@ -64,6 +64,12 @@ MAX_TOKEN_BYTES: Final = 512 * 1024
 #: SHA-256 of the exact token text), so a guest's repeated Bearer fetches skip the ES256
 #: verify; ``exp`` and ``nbf`` are still judged on every request.
 VERIFIED_TOKEN_CACHE_ENTRIES: Final = 4096
+#: Of those, how many most recently used tokens also keep their decoded claims (with
+#: ``exp`` and ``nbf``), so a repeated fetch skips decoding the payload; only payloads up
+#: to :data:`CLAIMS_CACHE_MAX_PAYLOAD` base64url characters are kept, which bounds the
+#: memory at a few MiB.
+CLAIMS_CACHE_ENTRIES: Final = 256
+CLAIMS_CACHE_MAX_PAYLOAD: Final = 16 * 1024
 
 #: Where tokens of known issuers keep the TEE key, tried after ``extra_teekey_paths``.
 DEFAULT_TEEKEY_POINTERS: Final = (
@@ -383,9 +389,14 @@ class TokenVerifier:
                 self._own_es256[jwk["x"], jwk["y"]] = (jwk_thumbprint(jwk), key)
         # SHA-256 of tokens whose header and signature passed _verify_own_es256 (LRU).
         self._verified: OrderedDict[bytes, None] = OrderedDict()
+        # The newest of those with small payloads: their decoded claims (LRU).
+        self._claims: OrderedDict[bytes, dict[str, Any]] = OrderedDict()
 
     def verify(self, token: str, *, at: dt.datetime) -> dict[str, Any]:
         """Verify ``token`` at instant ``at`` and return its claims.
+
+        The claims of our own tokens may be shared between calls for the same token
+        (see :data:`CLAIMS_CACHE_ENTRIES`): callers must not modify them.
 
         Raises:
             TokenVerifierError: malformed token, ``alg=none`` or unknown algorithm,
@@ -451,7 +462,9 @@ class TokenVerifier:
            ``at``, and whose ``nbf``, if present, has.
 
         A token that passed 1 to 3 is remembered (bounded, see
-        :data:`VERIFIED_TOKEN_CACHE_ENTRIES`) and then only checked by 4.
+        :data:`VERIFIED_TOKEN_CACHE_ENTRIES`) and then only checked by 4; the claims of a
+        small one are kept too (:data:`CLAIMS_CACHE_ENTRIES`), so 4 is then only the
+        ``exp``/``nbf`` comparison.
 
         Raises:
             TokenVerifierError: the token names our key but fails a check.
@@ -460,9 +473,14 @@ class TokenVerifier:
         # 0. This exact token passed 1 to 3 before: our keys are fixed for the verifier's
         #    life, so it passes them again; only step 4 depends on the time.
         digest = hashlib.sha256(token.encode()).digest()
+        claims = self._claims.get(digest)
+        if claims is not None:
+            self._claims.move_to_end(digest)
+            _check_window(claims, at=at)
+            return claims
         if digest in self._verified:
             self._verified.move_to_end(digest)
-            return _timely_claims(payload_b64, at=at)
+            return self._remember_claims(digest, payload_b64, at=at)
         # 1 and 2. The header, ours or not.
         key = self._own_header_key(header_b64)
         if key is None:
@@ -473,7 +491,18 @@ class TokenVerifier:
         if len(self._verified) > VERIFIED_TOKEN_CACHE_ENTRIES:
             self._verified.popitem(last=False)
         # 4. Claims and their validity window, at the request's instant.
-        return _timely_claims(payload_b64, at=at)
+        return self._remember_claims(digest, payload_b64, at=at)
+
+    def _remember_claims(
+        self, digest: bytes, payload_b64: str, *, at: dt.datetime
+    ) -> dict[str, Any]:
+        """The timely claims of a verified token, kept if the payload is small."""
+        claims = _timely_claims(payload_b64, at=at)
+        if len(payload_b64) <= CLAIMS_CACHE_MAX_PAYLOAD:
+            self._claims[digest] = claims
+            if len(self._claims) > CLAIMS_CACHE_ENTRIES:
+                self._claims.popitem(last=False)
+        return claims
 
     def _own_header_key(self, header_b64: str) -> ec.EllipticCurvePublicKey | None:
         """Our key if ``header_b64`` is exactly the header we write, else ``None``.
@@ -600,6 +629,16 @@ def _timely_claims(payload_b64: str, *, at: dt.datetime) -> dict[str, Any]:
             claims = json.loads(_b64url_decode(payload_b64))
     if not isinstance(claims, dict):
         raise TokenVerifierError("token signature verification failed")
+    _check_window(claims, at=at)
+    return claims
+
+
+def _check_window(claims: Mapping[str, Any], *, at: dt.datetime) -> None:
+    """Refuse claims whose numeric ``exp`` (with leeway) has passed or ``nbf`` has not.
+
+    Raises:
+        TokenVerifierError: no numeric ``exp``, expired, or not yet valid.
+    """
     exp = claims.get("exp")
     if isinstance(exp, bool) or not isinstance(exp, int | float):
         raise TokenVerifierError("token has no valid exp claim")
@@ -611,7 +650,6 @@ def _timely_claims(payload_b64: str, *, at: dt.datetime) -> dict[str, Any]:
         isinstance(nbf, bool) or not isinstance(nbf, int | float) or now < nbf - EXP_LEEWAY_S
     ):
         raise TokenVerifierError("token is not yet valid")
-    return claims
 
 
 def _check_key_type(key: Any, alg: str) -> None:

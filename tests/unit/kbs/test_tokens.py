@@ -495,3 +495,35 @@ def test_verified_token_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> Non
     # The oldest were dropped and are verified in full again (still accepted).
     assert verifier.verify(tokens[0], at=AT)["n"] == 0
     assert len(verifier._verified) == 3
+
+
+def test_kept_claims_are_still_judged_at_each_request_instant() -> None:
+    signer, verifier = _own()
+    token = signer.sign(_claims(nbf=int(AT.timestamp()) + 120))
+    first = verifier.verify(token, at=AT + dt.timedelta(seconds=60))
+    assert len(verifier._claims) == 1
+    # The second call answers from the kept claims, and judges them at its own instant.
+    assert verifier.verify(token, at=AT + dt.timedelta(seconds=61)) is first
+    with pytest.raises(TokenVerifierError, match="not yet valid"):
+        verifier.verify(token, at=AT)
+    with pytest.raises(TokenVerifierError, match="expired"):
+        verifier.verify(token, at=AT + dt.timedelta(seconds=361))
+
+
+def test_kept_claims_are_bounded_and_large_payloads_are_not_kept(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("kbs.tokens.CLAIMS_CACHE_ENTRIES", 2)
+    monkeypatch.setattr("kbs.tokens.CLAIMS_CACHE_MAX_PAYLOAD", 400)
+    signer, verifier = _own()
+    small = [signer.sign(_claims(n=n)) for n in range(3)]
+    for token in small:
+        verifier.verify(token, at=AT)
+    assert len(verifier._claims) == 2
+    assert len(verifier._verified) == 3
+    large = signer.sign(_claims(n=9, pad="x" * 1000))
+    assert verifier.verify(large, at=AT)["n"] == 9
+    assert verifier.verify(large, at=AT)["n"] == 9  # verified, decoded again
+    assert len(verifier._claims) == 2
+    # The dropped small token is decoded again, and still accepted.
+    assert verifier.verify(small[0], at=AT)["n"] == 0
