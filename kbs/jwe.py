@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import logging
 import re
@@ -165,8 +166,15 @@ class TeePublicKey:
 # ---------------------------------------------------------------- parsing the JWK
 
 
+#: The JWK members :func:`parse_tee_pubkey` reads; its result depends on nothing else.
+_JWK_MEMBERS: Final = ("kty", "alg", "crv", "x", "y", "n", "e", "k-mod", "k-exp")
+#: Parsed keys remembered (a guest fetching several resources with one token sends the
+#: same key each time; parsing an RSA key or checking a point is most of the work).
+TEE_KEY_CACHE_ENTRIES: Final = 256
+
+
 def parse_tee_pubkey(jwk: Mapping[str, Any]) -> TeePublicKey:
-    """Parse and validate the guest's ``tee-pubkey`` JWK.
+    """Parse and validate the guest's ``tee-pubkey`` JWK (recent keys are remembered).
 
     Accepted forms (members other than these are ignored, as serde ignores them):
 
@@ -195,6 +203,27 @@ def parse_tee_pubkey(jwk: Mapping[str, Any]) -> TeePublicKey:
     """
     if not isinstance(jwk, Mapping):
         raise JweError("tee-pubkey: not a json object")
+    members: list[str | None] = []
+    for name in _JWK_MEMBERS:
+        value = jwk.get(name) if name in jwk else None
+        if name in jwk and not isinstance(value, str):
+            return _parse(jwk)  # refused below; nothing to remember
+        members.append(value)
+    # The result depends on these members alone (None: absent), so they are the whole
+    # cache key; failures are not remembered and raise again.
+    return _parse_members(tuple(members))
+
+
+@functools.lru_cache(maxsize=TEE_KEY_CACHE_ENTRIES)
+def _parse_members(members: tuple[str | None, ...]) -> TeePublicKey:
+    jwk = {
+        name: value for name, value in zip(_JWK_MEMBERS, members, strict=True) if value is not None
+    }
+    return _parse(jwk)
+
+
+def _parse(jwk: Mapping[str, Any]) -> TeePublicKey:
+    """:func:`parse_tee_pubkey` without the cache."""
     if "kty" not in jwk:
         return _parse_legacy_rsa(jwk)
     kty = jwk["kty"]

@@ -590,3 +590,22 @@ def test_tee_public_key_invariants():
     with pytest.raises(JweError, match="unsupported crv"):
         TeePublicKey(alg="ECDH-ES+A256KW", public_key=p384)
     assert TeePublicKey(alg="ECDH-ES+A256KW", public_key=p256).crv == "P-256"
+
+
+def test_parsed_keys_are_remembered_and_failures_are_not(p256_jwk, rsa2048_jwk):
+    first = parse_tee_pubkey(dict(p256_jwk))
+    # The same members again (another dict, extra members ignored): the same parsed key.
+    assert parse_tee_pubkey({**p256_jwk, "kid": "ignored"}) is first
+    # A refused key is refused every time, cached or not.
+    bad = {**p256_jwk, "y": flip(p256_jwk["y"], -1)}
+    for _ in range(2):
+        with pytest.raises(JweError, match="point is not on the curve"):
+            parse_tee_pubkey(bad)
+    # A null member is not an absent one: still refused, by the same check as before.
+    with pytest.raises(JweError, match="non-string member 'alg'"):
+        parse_tee_pubkey({**p256_jwk, "alg": None})
+    # An empty k-mod chooses the k-mod form (and fails) even with a valid n and e around.
+    legacy = {"alg": "RSA1_5", "k-mod": "", "n": rsa2048_jwk["n"], "e": rsa2048_jwk["e"]}
+    with pytest.raises(JweError, match="member 'k-exp'"):
+        parse_tee_pubkey(legacy)
+    assert parse_tee_pubkey({k: v for k, v in legacy.items() if k != "k-mod"}).alg == "RSA1_5"
