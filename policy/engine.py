@@ -10,7 +10,7 @@ One :class:`RegoEngine` serves both roles:
   described in the ``data`` document.
 
 Policies are parsed once and evaluated many times. A parsed *template* engine is kept
-per policy text (keyed by the text's SHA-384) and every evaluation runs on a fresh
+per policy text (with the text's SHA-384) and every evaluation runs on a fresh
 clone of it, so nothing one request sets can leak into the next. Regorus engines are
 bound to the thread that created them (using one elsewhere raises ``PanicException``,
 a ``BaseException``), so the template cache is per thread and bounded in size.
@@ -252,8 +252,8 @@ class RegoEngine:
 
     # ------------------------------------------------------------------ internals
 
-    def _templates(self) -> collections.OrderedDict[str, Any]:
-        cache: collections.OrderedDict[str, Any] | None = getattr(
+    def _templates(self) -> collections.OrderedDict[str, tuple[Any, str]]:
+        cache: collections.OrderedDict[str, tuple[Any, str]] | None = getattr(
             _THREAD_TEMPLATES, "templates", None
         )
         if cache is None:
@@ -265,23 +265,23 @@ class RegoEngine:
         """Return this thread's parsed template for ``text``, and the text's hash."""
         if not isinstance(text, str):
             raise PolicyInvalidError("policy must be text")
+        # Keyed by the text itself: a hit costs a string comparison, not a SHA-384.
+        cache = self._templates()
+        found = cache.get(text)
+        if found is not None:
+            cache.move_to_end(text)
+            return found
         try:
             too_big = len(text) > MAX_POLICY_BYTES or len(text.encode()) > MAX_POLICY_BYTES
         except UnicodeEncodeError as exc:  # lone surrogates
             raise PolicyInvalidError("policy is not valid unicode") from exc
         if too_big:
             raise PolicyInvalidError(f"policy is larger than {MAX_POLICY_BYTES} bytes")
-        digest = policy_hash(text)
-        cache = self._templates()
-        template = cache.get(digest)
-        if template is not None:
-            cache.move_to_end(digest)
-            return template, digest
-        template = _compile(text)
-        cache[digest] = template
+        found = (_compile(text), policy_hash(text))
+        cache[text] = found
         while len(cache) > self._cache_size:
             cache.popitem(last=False)
-        return template, digest
+        return found
 
     def _evaluate(
         self,

@@ -440,10 +440,12 @@ def test_cache_is_bounded_and_reused():
         assert engine.allow(text, input_={}, data={}).allowed
     cache = engine._templates()
     assert len(cache) == 2
-    assert list(cache) == [policy_hash(policies[1]), policy_hash(policies[2])]
-    template = cache[policy_hash(policies[2])]
-    engine.allow(policies[2], input_={}, data={})
-    assert cache[policy_hash(policies[2])] is template
+    assert list(cache) == [policies[1], policies[2]]
+    assert [digest for _, digest in cache.values()] == [policy_hash(p) for p in policies[1:]]
+    template = cache[policies[2]]
+    # An equal text (another string object, as read from the database) reuses it.
+    assert engine.allow("".join(policies[2]), input_={}, data={}).policy_hash == template[1]
+    assert cache[policies[2]] is template
 
 
 def test_cache_size_must_be_positive():
