@@ -9,9 +9,12 @@ the last sequence number and hash: truncating the tail of the table without also
 the head is detected too. (Someone who can rewrite the whole table and the head can forge a
 consistent chain: keep copies of the head, which ``kbs audit verify`` prints, elsewhere.)
 
-Concurrent writers, in any number of processes, are serialised on the head row. An append
-is one transaction whose **first statement** is ``UPDATE kbs_audit_head SET seq = seq + 1
-... RETURNING seq, hash``:
+Concurrent writers, in any number of processes, are serialised on the head row. Within a
+process, appends are committed in batches (group commit: the appends of one turn of the
+event loop, or made while the previous batch was being written, share a transaction; each
+caller returns only once its record is committed). A batch of ``n`` records is one
+transaction whose **first statement** is ``UPDATE kbs_audit_head SET seq = seq + n ...
+RETURNING seq, hash``:
 
 * PostgreSQL: the UPDATE takes the row lock until commit; a second writer's UPDATE waits,
   then (READ COMMITTED re-reads the updated row) returns the first writer's new ``seq`` and
@@ -20,8 +23,9 @@ is one transaction whose **first statement** is ``UPDATE kbs_audit_head SET seq 
   lock before it reads anything (and SQLite retries it under ``busy_timeout`` with a fresh
   snapshot), so the head it reads is the newest committed one.
 
-The row, then the new head hash, are written in the same transaction; a failure rolls all
-of it back, so sequence numbers have no gaps.
+The rows, chained in the order they were appended, then the new head hash, are written in
+the same transaction; a failure rolls all of it back (every caller in the batch gets the
+error), so sequence numbers have no gaps.
 
 Records never hold secret values: resource values appear as HMAC-SHA256 digests under a
 per-deployment key kept in the database (:func:`load_or_create_audit_key`), so they can be
@@ -31,8 +35,10 @@ audit table alone; tokens appear as their SHA-256.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import datetime as dt
+import functools
 import hashlib
 import hmac
 import json
@@ -215,13 +221,49 @@ def _clip(value: str | None, length: int) -> str | None:
 
 
 # An append's statements, as plain SQL (kbs/hotsql.py): the head is taken first.
-_TAKE_HEAD: Final = "UPDATE kbs_audit_head SET seq = seq + 1 WHERE id = :id RETURNING seq, hash"
+_TAKE_HEAD: Final = (
+    "UPDATE kbs_audit_head SET seq = seq + :count WHERE id = :id RETURNING seq, hash"
+)
 _INSERT_RECORD: Final = (
     "INSERT INTO kbs_audit (seq, at, kind, action, outcome, actor, client, request_id, "
     "resource, detail, prev_hash, hash) VALUES (:seq, :at, :kind, :action, :outcome, :actor, "
     ":client, :request_id, :resource, :detail, :prev_hash, :hash)"
 )
 _SET_HEAD_HASH: Final = "UPDATE kbs_audit_head SET hash = :hash WHERE id = :id"
+
+
+#: Most records one append transaction writes.
+MAX_APPEND_BATCH: Final = 256
+
+_Pending = tuple[dict[str, Any], asyncio.Future[AuditRecord]]
+
+
+async def _chain(batch: Sequence[_Pending], tx: hotsql.HotTx) -> list[AuditRecord]:
+    """Number, chain and insert ``batch`` in one transaction (see the module doc)."""
+    # 1. Take the chain head for the whole batch: the first statement is a write.
+    taken = await tx.fetch_one(_TAKE_HEAD, {"id": _HEAD_ID, "count": len(batch)})
+    if taken is None:
+        raise AuditUnavailableError("audit chain head is missing")
+    seq, prev_hash = int(taken[0]) - len(batch), str(taken[1])
+    # 2. Each record chained to its predecessor, in the order they were appended.
+    rows = []
+    for row, _ in batch:
+        seq += 1
+        digest = record_hash(seq=seq, prev_hash=prev_hash, at_ms=row["at"], **_hashed(row))
+        rows.append({**row, "seq": seq, "prev_hash": prev_hash, "hash": digest})
+        prev_hash = digest
+    await tx.execute_many(_INSERT_RECORD, rows)
+    # 3. The new head.
+    await tx.execute(_SET_HEAD_HASH, {"id": _HEAD_ID, "hash": prev_hash})
+    return [_record(row) for row in rows]
+
+
+def _fail(batch: Sequence[_Pending], cause: BaseException) -> None:
+    for _, written in batch:
+        if not written.done():
+            error = AuditUnavailableError("audit record could not be written")
+            error.__cause__ = cause
+            written.set_exception(error)
 
 
 class AuditLog:
@@ -234,6 +276,9 @@ class AuditLog:
         self._engine = engine
         self._value_key = value_key
         self._sql = sql if sql is not None else hotsql.for_engine(engine)
+        # Appends waiting for the flusher task (group commit), in order.
+        self._pending: list[_Pending] = []
+        self._flusher: asyncio.Task[None] | None = None
 
     def value_digest(self, data: bytes | None) -> str | None:
         """The HMAC-SHA256 (hex) of a resource value, as records show it."""
@@ -242,15 +287,18 @@ class AuditLog:
         return "hmac-sha256:" + hmac.new(self._value_key, data, hashlib.sha256).hexdigest()
 
     async def append(self, event: AuditEvent, *, at: dt.datetime) -> AuditRecord:
-        """Number, chain and store ``event``.
+        """Number, chain and store ``event``; return once it is committed.
+
+        Appends made while another batch is being written, or in the same turn of the
+        event loop, are committed together in one transaction (group commit; see
+        :meth:`_flush`): one commit per batch instead of one per record.
 
         Raises:
-            AuditUnavailableError: the record could not be written (nothing was).
+            AuditUnavailableError: the record could not be written (nothing of its batch
+                was).
         """
-        detail_text = _canonical(dict(event.detail))
-        at_ms = db.to_millis(at)
         row = {
-            "at": at_ms,
+            "at": db.to_millis(at),
             "kind": event.kind[:16],
             "action": event.action[:64],
             "outcome": event.outcome[:16],
@@ -258,32 +306,37 @@ class AuditLog:
             "client": _clip(event.client, 64),
             "request_id": _clip(event.request_id, 128),
             "resource": _clip(event.resource, 800),
-            "detail": detail_text,
+            "detail": _canonical(dict(event.detail)),
         }
+        loop = asyncio.get_running_loop()
+        written: asyncio.Future[AuditRecord] = loop.create_future()
+        self._pending.append((row, written))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = loop.create_task(self._flush())
+        return await written
 
-        async def chain(tx: hotsql.HotTx) -> tuple[int, str, str]:
-            # 1. Take the chain head: the first statement is a write (see module doc).
-            taken = await tx.fetch_one(_TAKE_HEAD, {"id": _HEAD_ID})
-            if taken is None:
-                raise AuditUnavailableError("audit chain head is missing")
-            seq, prev_hash = int(taken[0]), str(taken[1])
-            # 2. The record, chained to its predecessor.
-            digest = record_hash(seq=seq, prev_hash=prev_hash, at_ms=at_ms, **_hashed(row))
-            await tx.execute(
-                _INSERT_RECORD, {**row, "seq": seq, "prev_hash": prev_hash, "hash": digest}
-            )
-            # 3. The new head.
-            await tx.execute(_SET_HEAD_HASH, {"id": _HEAD_ID, "hash": digest})
-            return seq, prev_hash, digest
+    async def _flush(self) -> None:
+        """Write the waiting appends, a batch per transaction, until none are left.
 
-        try:
-            seq, prev_hash, digest = await self._sql.transaction(chain)
-        except hotsql.HotSqlError as exc:
-            _logger.exception("audit record %s/%s could not be written", event.kind, event.action)
-            raise AuditUnavailableError("audit record could not be written") from exc
-        return _record(
-            {**row, "seq": seq, "prev_hash": prev_hash, "hash": digest, "detail": detail_text}
-        )
+        The task starts on the next turn of the loop, so every append made in this turn
+        joins the first batch; appends made while a batch is being written join the next.
+        """
+        while self._pending:
+            batch = self._pending[:MAX_APPEND_BATCH]
+            del self._pending[:MAX_APPEND_BATCH]
+            try:
+                records = await self._sql.transaction(functools.partial(_chain, batch))
+            except Exception as exc:  # every waiter gets the failure, the flusher goes on
+                _logger.exception("audit batch of %d record(s) could not be written", len(batch))
+                _fail(batch, exc)
+                continue
+            except BaseException as exc:  # cancelled (shutdown): nobody may wait forever
+                _fail([*batch, *self._pending], exc)
+                self._pending.clear()
+                raise
+            for (_, written), record in zip(batch, records, strict=True):
+                if not written.done():  # the request may have been cancelled meanwhile
+                    written.set_result(record)
 
     async def query(
         self, query: AuditQuery, *, permissions: Permissions

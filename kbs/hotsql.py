@@ -34,7 +34,7 @@ import logging
 import re
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final, Protocol, TypeVar
 
@@ -80,6 +80,14 @@ class HotTx(Protocol):
 
         Raises:
             HotSqlError: the statement failed.
+        """
+        ...
+
+    async def execute_many(self, sql: str, params: Sequence[Params]) -> None:
+        """Run ``sql`` once for each parameter set, in order.
+
+        Raises:
+            HotSqlError: a statement failed.
         """
         ...
 
@@ -168,6 +176,12 @@ class _SqliteTx:
     async def execute(self, sql: str, params: Params) -> int:
         try:
             return self._conn.execute(sql, params).rowcount
+        except sqlite3.Error as exc:
+            raise HotSqlError(str(exc)) from exc
+
+    async def execute_many(self, sql: str, params: Sequence[Params]) -> None:
+        try:
+            self._conn.executemany(sql, params)
         except sqlite3.Error as exc:
             raise HotSqlError(str(exc)) from exc
 
@@ -278,6 +292,14 @@ class _EngineTx:
         except SQLAlchemyError as exc:
             raise HotSqlError(type(exc).__name__) from exc
         return int(result.rowcount or 0)
+
+    async def execute_many(self, sql: str, params: Sequence[Params]) -> None:
+        if not params:
+            return
+        try:
+            await self._conn.exec_driver_sql(self._convert(sql), [dict(p) for p in params])
+        except SQLAlchemyError as exc:
+            raise HotSqlError(type(exc).__name__) from exc
 
 
 class EngineSql:

@@ -21,6 +21,7 @@ from kbs.audit import GENESIS_HASH, AuditEvent, AuditLog, token_id
 from kbs.client.api import KbsClientError
 from kbs.client.tee_key import TeeKeyPair
 from kbs.clock import SystemClock
+from kbs.errors import AuditUnavailableError
 from support.kbs_app import (
     SAMPLE_REFERENCE_VALUES,
     RunningKbs,
@@ -313,6 +314,82 @@ async def test_concurrent_appends_sqlite(tmp_path: Path) -> None:
 @pytest.mark.postgres
 async def test_concurrent_appends_postgres(pg_database_url: str) -> None:
     await _append_from_two_pools(pg_database_url)
+
+
+async def _counting_log(url: str) -> tuple[AuditLog, list[int], sa.engine.Engine]:
+    """An AuditLog on ``url`` that counts the records of each transaction it commits."""
+    db.migrate(url)
+    engine = db.make_async_engine(url, pool_size=5)
+    log = AuditLog(engine, value_key=b"k" * 32)
+    batches: list[int] = []
+    transaction = log._sql.transaction
+
+    async def counted(body):  # type: ignore[no-untyped-def]
+        result = await transaction(body)
+        batches.append(len(result))
+        return result
+
+    log._sql.transaction = counted  # type: ignore[method-assign]
+    return log, batches, db.make_sync_engine(url)
+
+
+async def test_appends_of_one_turn_share_a_transaction(tmp_path: Path) -> None:
+    """Group commit: fewer transactions than records, one chain in append order."""
+    log, batches, sync = await _counting_log(f"sqlite:///{tmp_path / 'audit.db'}")
+    at = SystemClock().now()
+    try:
+        records = await asyncio.gather(
+            *(
+                log.append(
+                    AuditEvent(kind="admin", action="t", outcome="ok", detail={"n": n}), at=at
+                )
+                for n in range(40)
+            )
+        )
+        # Every caller got its own record, numbered in the order the appends were made.
+        assert [r.seq for r in records] == list(range(1, 41))
+        assert [r.detail["n"] for r in records] == list(range(40))
+        assert sum(batches) == 40
+        assert len(batches) < 40
+        # A later append is a batch of its own, chained to the last one.
+        last = await log.append(AuditEvent(kind="admin", action="t", outcome="ok"), at=at)
+        assert (last.seq, last.prev_hash) == (41, records[-1].hash)
+        with sync.connect() as conn:
+            from kbs.audit import verify_chain  # noqa: PLC0415
+
+            report = verify_chain(conn)
+        assert report.ok, report.problems
+        assert report.records == 41
+    finally:
+        await log._engine.dispose()
+
+
+async def test_a_failed_batch_fails_every_caller_and_the_next_one_works(tmp_path: Path) -> None:
+    log, _, sync = await _counting_log(f"sqlite:///{tmp_path / 'audit.db'}")
+    at = SystemClock().now()
+    event = AuditEvent(kind="admin", action="t", outcome="ok")
+    try:
+        with sync.begin() as conn:
+            conn.execute(sa.text("DELETE FROM kbs_audit_head"))
+        results = await asyncio.gather(
+            *(log.append(event, at=at) for _ in range(5)), return_exceptions=True
+        )
+        assert all(isinstance(r, AuditUnavailableError) for r in results), results
+        with sync.connect() as conn:
+            assert conn.execute(sa.text("SELECT count(*) FROM kbs_audit")).scalar() == 0
+        with sync.begin() as conn:
+            conn.execute(sa.text(f"INSERT INTO kbs_audit_head VALUES (1, 0, '{GENESIS_HASH}')"))
+        # A caller that gave up does not stop the others of its batch.
+        first = asyncio.ensure_future(log.append(event, at=at))
+        second = asyncio.ensure_future(log.append(event, at=at))
+        await asyncio.sleep(0)  # both are waiting for the flusher now
+        first.cancel()
+        assert (await second).seq == 2
+        assert first.cancelled()
+        # The cancelled caller's record was still written (it was in the batch).
+        assert (await log.append(event, at=at)).seq == 3
+    finally:
+        await log._engine.dispose()
 
 
 def _release(url: str, token: str) -> int:
