@@ -38,6 +38,7 @@ import asyncio
 import binascii
 import datetime as dt
 import functools
+import hashlib
 import hmac
 import json
 import logging
@@ -76,6 +77,11 @@ MR_CONFIG_ID_SIZE: Final = 48
 PCK_CACHE_SIZE: Final = 1024
 #: Parsed collateral a worker process keeps, by digest (one per platform and refresh).
 WORKER_COLLATERAL_CACHE_SIZE: Final = 64
+#: Parsed CC event logs remembered per process, by the SHA-256 of the log's bytes. Guests
+#: booted from one image send the same firmware log; parsing it (and hashing every event)
+#: costs about as much as the DCAP verification itself. The replay against the quote's
+#: RTMRs is still done for every quote.
+EVENT_LOG_CACHE_SIZE: Final = 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -226,9 +232,22 @@ def check_evidence(
     # 7. The CC event log must replay to RTMR0..3 (CC MR index 1..4, SHA-384).
     log: EventLog | None = None
     if cc_eventlog is not None:
-        log = parse_event_log(cc_eventlog)
+        log = _parsed_event_log(cc_eventlog)
         log.check_rtmrs(report.rtmrs)
     return dcap, log
+
+
+_EVENT_LOGS: Final[Lru[bytes, EventLog]] = Lru(EVENT_LOG_CACHE_SIZE)
+
+
+def _parsed_event_log(raw: bytes) -> EventLog:
+    """``parse_event_log(raw)``, remembered (the result is immutable; errors are not kept)."""
+    digest = hashlib.sha256(raw).digest()
+    log = _EVENT_LOGS.get(digest)
+    if log is None:
+        log = parse_event_log(raw)
+        _EVENT_LOGS.put(digest, log)
+    return log
 
 
 class _CollateralMissingError(Exception):

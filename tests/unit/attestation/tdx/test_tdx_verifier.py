@@ -148,6 +148,28 @@ async def test_event_log_for_other_rtmrs(pki, ccel, verifier):
         )
 
 
+async def test_a_remembered_event_log_is_still_replayed_against_each_quote(pki, ccel, verifier):
+    """The parsed log is kept by its bytes' digest; each quote's RTMRs are checked anew."""
+    from attestation.tdx.verifier import _parsed_event_log  # noqa: PLC0415
+
+    assert _parsed_event_log(ccel[0]) is _parsed_event_log(bytes(ccel[0]))
+    good = await verifier.verify(
+        _evidence(_bound_quote(pki, ccel), ccel[0]),
+        report_data=RUNTIME_DIGEST,
+        init_data_hash=INIT_DIGEST,
+        at=AT,
+    )
+    assert good.claims["uefi_event_logs"]
+    # The same (remembered) log with a quote whose RTMRs it does not replay to.
+    with pytest.raises(EventLogReplayError):
+        await verifier.verify(
+            _evidence(pki.quote(), ccel[0]),
+            report_data=NOT_PROVIDED,
+            init_data_hash=NOT_PROVIDED,
+            at=AT,
+        )
+
+
 @pytest.mark.parametrize(
     ("evidence", "match"),
     [
