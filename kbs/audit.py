@@ -311,7 +311,8 @@ class AuditLog:
         loop = asyncio.get_running_loop()
         written: asyncio.Future[AuditRecord] = loop.create_future()
         self._pending.append((row, written))
-        if self._flusher is None or self._flusher.done():
+        flusher = self._flusher
+        if flusher is None or flusher.done() or flusher.get_loop() is not loop:
             self._flusher = loop.create_task(self._flush())
         return await written
 
