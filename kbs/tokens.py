@@ -19,7 +19,6 @@ import hashlib
 import json
 import logging
 import re
-from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final, Literal
@@ -33,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.x509.oid import NameOID
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
+from attestation.lru import Lru
 from kbs.entropy import Entropy
 from kbs.errors import TokenVerifierError
 
@@ -388,9 +388,9 @@ class TokenVerifier:
                 jwk = public_jwk(key)
                 self._own_es256[jwk["x"], jwk["y"]] = (jwk_thumbprint(jwk), key)
         # SHA-256 of tokens whose header and signature passed _verify_own_es256 (LRU).
-        self._verified: OrderedDict[bytes, None] = OrderedDict()
+        self._verified: Lru[bytes, bool] = Lru(VERIFIED_TOKEN_CACHE_ENTRIES)
         # The newest of those with small payloads: their decoded claims (LRU).
-        self._claims: OrderedDict[bytes, dict[str, Any]] = OrderedDict()
+        self._claims: Lru[bytes, dict[str, Any]] = Lru(CLAIMS_CACHE_ENTRIES)
 
     def verify(self, token: str, *, at: dt.datetime) -> dict[str, Any]:
         """Verify ``token`` at instant ``at`` and return its claims.
@@ -475,11 +475,9 @@ class TokenVerifier:
         digest = hashlib.sha256(token.encode()).digest()
         claims = self._claims.get(digest)
         if claims is not None:
-            self._claims.move_to_end(digest)
             _check_window(claims, at=at)
             return claims
-        if digest in self._verified:
-            self._verified.move_to_end(digest)
+        if self._verified.get(digest):
             return self._remember_claims(digest, payload_b64, at=at)
         # 1 and 2. The header, ours or not.
         key = self._own_header_key(header_b64)
@@ -487,9 +485,7 @@ class TokenVerifier:
             return None
         # 3. Signature.
         _verify_es256(key, f"{header_b64}.{payload_b64}", signature_b64)
-        self._verified[digest] = None
-        if len(self._verified) > VERIFIED_TOKEN_CACHE_ENTRIES:
-            self._verified.popitem(last=False)
+        self._verified.put(digest, True)  # noqa: FBT003 - used as a set
         # 4. Claims and their validity window, at the request's instant.
         return self._remember_claims(digest, payload_b64, at=at)
 
@@ -499,9 +495,7 @@ class TokenVerifier:
         """The timely claims of a verified token, kept if the payload is small."""
         claims = _timely_claims(payload_b64, at=at)
         if len(payload_b64) <= CLAIMS_CACHE_MAX_PAYLOAD:
-            self._claims[digest] = claims
-            if len(self._claims) > CLAIMS_CACHE_ENTRIES:
-                self._claims.popitem(last=False)
+            self._claims.put(digest, claims)
         return claims
 
     def _own_header_key(self, header_b64: str) -> ec.EllipticCurvePublicKey | None:

@@ -30,7 +30,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from attestation.errors import CollateralUnavailableError, EvidenceInvalidError
-from attestation.tdx._lru import Lru
+from attestation.lru import Lru
 from attestation.tdx.base import Collateral
 from attestation.tdx.pck import PckChain, parse_pck_chain
 from attestation.tdx.quote import Quote, parse_quote

@@ -52,7 +52,7 @@ from attestation.errors import (
     EvidenceInvalidError,
     VerifierUnavailableError,
 )
-from attestation.tdx._lru import Lru
+from attestation.lru import Lru
 from attestation.tdx.base import Collateral, CollateralSource
 from attestation.tdx.dcap import DcapResult, PlatformPolicy, intel_root_ca_der, verify_quote
 from attestation.tdx.eventlog import EventLog, parse_event_log

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""A small thread-safe LRU map, for memos of pure results (parsed chains, dcap claims)."""
+"""A small thread-safe LRU map, for memos of pure results (parsed chains, verified tokens)."""
 
 from __future__ import annotations
 
@@ -40,3 +40,8 @@ class Lru(Generic[K, V]):
             self._data.move_to_end(key)
             while len(self._data) > self._size:
                 self._data.popitem(last=False)
+
+    def __len__(self) -> int:
+        """The number of entries."""
+        with self._lock:
+            return len(self._data)
