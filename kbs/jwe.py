@@ -205,7 +205,7 @@ def parse_tee_pubkey(jwk: Mapping[str, Any]) -> TeePublicKey:
         raise JweError("tee-pubkey: not a json object")
     members: list[str | None] = []
     for name in _JWK_MEMBERS:
-        value = jwk.get(name) if name in jwk else None
+        value = jwk.get(name)
         if name in jwk and not isinstance(value, str):
             return _parse(jwk)  # refused below; nothing to remember
         members.append(value)
