@@ -22,6 +22,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from fastapi import FastAPI, Request, Response
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -47,6 +48,7 @@ from kbs.errors import (
     RateLimitedError,
     describe,
 )
+from kbs.fastpath import GuestFastPath
 from kbs.metrics import Metrics, MetricsMiddleware, TimedVerifier
 from kbs.prefix import PathPrefixMiddleware
 from kbs.ratelimit import RateLimiter, TrustedProxies
@@ -158,16 +160,32 @@ def create_app(
     _mount_routes(app, apis)
     # Every route in the spec, with its bodies and error answers (kbs/openapi.py).
     openapi.install(app)
-    for exc_type in (KbsError, AttestationError, PolicyError, StorageError):
+    for exc_type in _HANDLED_ERRORS:
         app.add_exception_handler(exc_type, _error_handler)
     app.add_exception_handler(StarletteHTTPException, _routing_error_handler)
+    app.state.metrics = Metrics()
+    _add_middlewares(app, settings, apis, entropy)
+    return app
+
+
+def _add_middlewares(
+    app: FastAPI, settings: KbsSettings, apis: Collection[ApiName], entropy: Entropy
+) -> None:
+    """Ours, innermost first (each ``add_middleware`` wraps everything added before it)."""
+    if "kbs" in apis:
+        # Innermost of ours: the guest endpoints skip FastAPI's own layers (kbs/fastpath.py).
+        app.add_middleware(
+            GuestFastPath,
+            routes=_guest_routes(),
+            error_types=_HANDLED_ERRORS,
+            on_error=_error_handler,
+        )
     if "as" in apis:
         app.add_middleware(restful_as.CollapseSlashesMiddleware)
     # Before routing: a control character in the path never names anything of ours.
     app.add_middleware(_ControlCharacterMiddleware)
     app.add_middleware(_CatchAllMiddleware)
     # Outside the catch-all, so answers it turns into 500s are counted too.
-    app.state.metrics = Metrics()
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
     # Every answer, the catch-all's 500s included, carries X-Request-Id.
     app.add_middleware(RequestIdMiddleware, entropy=entropy)
@@ -176,7 +194,27 @@ def create_app(
         # Outermost, so the prefix is gone before anything else sees the path.
         app.add_middleware(PathPrefixMiddleware, prefix=prefix)
         _logger.info("serving under %s as well as at /", prefix)
-    return app
+
+
+#: Our exception types, answered with their error body (kbs/errors.py ``describe``).
+_HANDLED_ERRORS: Final = (KbsError, AttestationError, PolicyError, StorageError)
+
+#: The guest protocol's endpoints, served by :class:`GuestFastPath`.
+_GUEST_ENDPOINTS: Final = frozenset(
+    {("POST", auth.PATH), ("POST", attest.PATH), ("GET", resource.GUEST_PATH)}
+)
+
+
+def _guest_routes() -> list[APIRoute]:
+    routes = [
+        route
+        for router in (auth.router, attest.router, resource.router)
+        for route in router.routes
+        if isinstance(route, APIRoute)
+        and any((method, route.path) in _GUEST_ENDPOINTS for method in route.methods or ())
+    ]
+    assert len(routes) == len(_GUEST_ENDPOINTS), "a guest route is missing"
+    return routes
 
 
 def _mount_routes(app: FastAPI, apis: Collection[ApiName]) -> None:

@@ -27,10 +27,12 @@ from kbs.routes.auth import session_cookie
 
 _logger = logging.getLogger(__name__)
 
-__all__ = ["router"]
+__all__ = ["PATH", "router"]
 
 router = APIRouter()
 
+#: The RCAR handshake's second step.
+PATH: Final = "/kbs/v0/attest"
 _ATTEST_FAILED: Final = "Attestation error: RCAR handshake Attest failed"
 #: Most additional devices one attestation may carry.
 MAX_ADDITIONAL_DEVICES: Final = 16
@@ -51,7 +53,7 @@ def _additional_devices(additional: str) -> dict[str, Any]:
 
 
 @router.post(
-    "/kbs/v0/attest",
+    PATH,
     summary="Submit evidence for the session's challenge (Attestation -> token)",
     responses={
         200: {"description": '{"token": "<EAR JWT>"}; the session cookie is re-sent'},

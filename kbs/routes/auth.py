@@ -20,13 +20,15 @@ from kbs.sessions import SESSION_ID_BYTES
 
 _logger = logging.getLogger(__name__)
 
-__all__ = ["router", "session_cookie"]
+__all__ = ["PATH", "router", "session_cookie"]
 
 router = APIRouter()
 
 #: The challenge nonce is 32 random bytes (standard base64 with padding on the wire).
 NONCE_BYTES: Final = 32
 
+#: The RCAR handshake's first step.
+PATH: Final = "/kbs/v0/auth"
 _AUTH_FAILED: Final = "Attestation error: RCAR handshake Auth failed"
 
 
@@ -37,7 +39,7 @@ def session_cookie(session_id: str, expires_at: dt.datetime) -> str:
 
 
 @router.post(
-    "/kbs/v0/auth",
+    PATH,
     summary="Open an RCAR session (Request -> Challenge)",
     responses={
         200: {"description": "The challenge; the session id is in Set-Cookie"},

@@ -49,11 +49,12 @@ from storage_backends.errors import ResourceNotFoundError, UnsupportedOperationE
 
 _logger = logging.getLogger(__name__)
 
-__all__ = ["router"]
+__all__ = ["GUEST_PATH", "router"]
 
 router = APIRouter()
 
-_PATH: Final = "/kbs/v0/resource/{path:path}"
+#: Guest fetch (GET) and the admin writes (POST, DELETE) of one resource.
+GUEST_PATH: Final = "/kbs/v0/resource/{path:path}"
 _ERRORS: Final[dict[int | str, dict[str, Any]]] = {
     401: {"description": "No/invalid token, policy denial, or resource not found"},
     404: {"description": "The path is not <repository>/<type>/<tag>"},
@@ -116,7 +117,7 @@ async def list_resources(request: Request, state: StateDep) -> Response:
 # --------------------------------------------------------------------------- guest
 
 
-@router.get(_PATH, summary="Fetch a secret, wrapped to the TEE key (JWE)", responses=_ERRORS)
+@router.get(GUEST_PATH, summary="Fetch a secret, wrapped to the TEE key (JWE)", responses=_ERRORS)
 async def get_resource(path: str, request: Request, state: StateDep) -> Response:
     """Release one resource to an attested guest (or, with ``?version=``, read a version)."""
     at = state.clock.now()
@@ -244,7 +245,7 @@ async def _digest_of_current(state: StateDep, desc: ResourceDesc) -> str | None:
         return None
 
 
-@router.post(_PATH, summary="Store a secret (admin)", responses=_ERRORS)
+@router.post(GUEST_PATH, summary="Store a secret (admin)", responses=_ERRORS)
 async def set_resource(path: str, request: Request, state: StateDep) -> Response:
     """Store the raw request body as the resource's new value (the old one is kept)."""
     at = state.clock.now()
@@ -284,7 +285,9 @@ async def set_resource(path: str, request: Request, state: StateDep) -> Response
     return Response(status_code=200, media_type="text/xml", headers=headers)
 
 
-@router.delete(_PATH, summary="Delete a secret, or one kept version (admin)", responses=_ERRORS)
+@router.delete(
+    GUEST_PATH, summary="Delete a secret, or one kept version (admin)", responses=_ERRORS
+)
 async def delete_resource(path: str, request: Request, state: StateDep) -> Response:
     """Delete the resource and its kept versions, or with ``?version=`` one kept version."""
     at = state.clock.now()

@@ -109,6 +109,12 @@ async def test_full_flow_moves_the_reference_counters(affirming_kbs: RunningKbs)
     assert m.value("kbs_http_response_size_bytes_sum", **attest) > 100  # the token
     assert m.value("kbs_http_request_duration_seconds_count", **attest) == 1
     assert m.value("kbs_http_active_connections") == 0
+    # Every guest route under its template, the fast path's included (kbs/fastpath.py).
+    for method, route in (
+        ("POST", "/kbs/v0/auth"),
+        ("GET", "/kbs/v0/resource/{path:path}"),
+    ):
+        assert m.value("kbs_http_requests_total", method=method, route=route, status="200") == 1
     assert m.value("kbs_evidence_verification_seconds_count", tee="sample", outcome="ok") == 1
     assert m.value("kbs_build_info", version=__version__) == 1
     # The scrape itself is not counted (as in the reference).
