@@ -14,8 +14,12 @@ from attestation.tdx.base import CollateralKey
 from attestation.tdx.collateral import PccsFetcher
 
 KEY = CollateralKey("00A06D080000", "platform")
-#: Per-step timeouts of the fetcher under test; the whole request gets 0.3 + 2 x 0.3 s.
+#: Read and write timeouts of the fetcher under test.
 STEP_S = 0.3
+#: Connecting to loopback is instant unless the machine stalls, as a loaded CI machine
+#: did once for more than 0.3 s (ConnectTimeout instead of the ReadTimeout under test).
+#: The whole request gets CONNECT_S + 2 x STEP_S.
+CONNECT_S = 2.0
 #: Far above the bound: only a hang reaches it.
 HANG_S = 30.0
 
@@ -70,7 +74,9 @@ async def stalling_pccs(request) -> AsyncIterator[tuple[str, str]]:
 async def test_a_stalling_pccs_is_given_up_on(stalling_pccs: tuple[str, str]) -> None:
     url, reason = stalling_pccs
     async with httpx.AsyncClient() as http:
-        fetcher = PccsFetcher(http, base_urls=[url], timeout=httpx.Timeout(STEP_S, connect=STEP_S))
+        fetcher = PccsFetcher(
+            http, base_urls=[url], timeout=httpx.Timeout(STEP_S, connect=CONNECT_S)
+        )
         async with asyncio.timeout(HANG_S):
             with pytest.raises(CollateralUnavailableError, match=reason):
                 await fetcher.fetch(KEY)
