@@ -484,9 +484,6 @@ async def _provision(url: str, admin_pem: bytes, guest: FlowGuest) -> None:
 
 
 def flows_run(workers: int, args: argparse.Namespace) -> float:
-    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
-    from cryptography.hazmat.primitives.asymmetric import ed25519  # noqa: PLC0415
-
     from kbs.clock import SystemClock  # noqa: PLC0415
 
     with tempfile.TemporaryDirectory(prefix="kbs-bench-tdx-") as tmp, FakePccs({}) as pccs:
@@ -495,18 +492,8 @@ def flows_run(workers: int, args: argparse.Namespace) -> float:
         parts = pki.collateral_parts(SystemClock().now())
         pccs.parts = {parts.fmspc: parts}
         guest = FlowGuest(pki)
-        admin_key = ed25519.Ed25519PrivateKey.generate()
-        admin_pub = work / "admin.pub"
-        admin_pub.write_bytes(
-            admin_key.public_key().public_bytes(
-                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-            )
-        )
-        admin_pem = admin_key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
+        admin = c.Admin.create(work)
+        admin_pub, admin_pem = admin.public_path, admin.private_pem
         config = _write_config(work, pki, pccs.url, admin_pub)
         with kbs_serve(config, workers, work) as (url, server):
             asyncio.run(_provision(url, admin_pem, guest))

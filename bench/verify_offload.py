@@ -166,9 +166,6 @@ def _stall(latencies: list[float]) -> str:
 
 
 def run(workers: int, verify_processes: int, args: argparse.Namespace) -> None:
-    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
-    from cryptography.hazmat.primitives.asymmetric import ed25519  # noqa: PLC0415
-
     from kbs.clock import SystemClock  # noqa: PLC0415
 
     os.environ[VERIFY_PROCESSES_ENV] = str(verify_processes)  # inherited by kbs serve
@@ -180,18 +177,8 @@ def run(workers: int, verify_processes: int, args: argparse.Namespace) -> None:
         parts = pki.collateral_parts(SystemClock().now())
         pccs.parts = {parts.fmspc: parts}
         guest = FlowGuest(pki)
-        admin_key = ed25519.Ed25519PrivateKey.generate()
-        admin_pub = work / "admin.pub"
-        admin_pub.write_bytes(
-            admin_key.public_key().public_bytes(
-                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-            )
-        )
-        admin_pem = admin_key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
+        admin = c.Admin.create(work)
+        admin_pub, admin_pem = admin.public_path, admin.private_pem
         config = tdx_verify._write_config(work, pki, pccs.url, admin_pub)  # noqa: SLF001
         with tdx_verify.kbs_serve(config, workers, work) as (url, server):
             port = int(url.rsplit(":", 1)[1])
