@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from attestation.errors import EvidenceInvalidError
 from attestation.tdx import pck
 from attestation.tdx.errors import EventLogParseError, PckChainError, QuoteParseError
-from attestation.tdx.eventlog import parse_event_log
 from attestation.tdx.quote import parse_quote
+from support.parsers import event_log_ok_or_ours
 
 SHARED = Path(__file__).resolve().parents[4].parent / "shared"
 QUOTE_V4 = (SHARED / "testdata/tdx/q1_dcapqvl_tdx_quote_v4.bin").read_bytes()
@@ -55,16 +55,6 @@ def _quote_ok_or_ours(data: bytes) -> None:
         parse_quote(data)
 
 
-def _eventlog_ok_or_ours(data: bytes) -> None:
-    try:
-        log = parse_event_log(data)
-    except EventLogParseError:
-        return
-    log.to_claims()
-    for index in range(1, 5):
-        log.replay(index)
-
-
 @FUZZ
 @given(st.binary(max_size=2048))
 def test_quote_parser_random_bytes(data):
@@ -80,13 +70,13 @@ def test_quote_parser_mutated_quotes(data):
 @FUZZ
 @given(st.binary(max_size=2048))
 def test_eventlog_parser_random_bytes(data):
-    _eventlog_ok_or_ours(data)
+    event_log_ok_or_ours(data)
 
 
 @FUZZ
 @given(mutated(EVENTLOG))
 def test_eventlog_parser_mutated_logs(data):
-    _eventlog_ok_or_ours(data)
+    event_log_ok_or_ours(data)
 
 
 @FUZZ
