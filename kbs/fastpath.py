@@ -114,4 +114,3 @@ class GuestFastPath:
         except self._error_types as exc:
             response = await self._on_error(request, exc)
         await response(scope, receive, send)
-
