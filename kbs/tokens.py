@@ -13,12 +13,12 @@ verified on every request, even when it comes from the session: signature, then 
 from __future__ import annotations
 
 import base64
+import binascii
 import contextlib
 import datetime as dt
 import hashlib
 import json
 import logging
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final, Literal
@@ -27,12 +27,16 @@ import jwt
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import (
+    decode_dss_signature,
+    encode_dss_signature,
+)
 from cryptography.x509.oid import NameOID
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 
 from attestation.lru import Lru
+from kbs import jsoncodec
 from kbs.entropy import Entropy
 from kbs.errors import TokenVerifierError
 
@@ -227,11 +231,28 @@ class _JwsSigner:
         self.jwk: Mapping[str, Any] = jwk
         #: The JWK Set entry (``x5c`` in standard base64, as RFC 7517 says).
         self.jwks_entry: Mapping[str, Any] = {**published, "kid": self.kid, "use": "sig"}
-        self._headers = {"typ": "JWT", "jwk": dict(jwk), "kid": self.kid}
+        # The header as PyJWT writes it (keys sorted, ASCII), encoded once.
+        header = {"typ": "JWT", "alg": self.algorithm, "jwk": dict(jwk), "kid": self.kid}
+        self._header_b64 = _b64url(
+            json.dumps(header, separators=(",", ":"), sort_keys=True).encode()
+        )
 
     def sign(self, claims: Mapping[str, Any]) -> str:
-        """Return the compact JWS of ``claims``."""
-        return jwt.encode(dict(claims), self._key, algorithm=self.algorithm, headers=self._headers)
+        """Return the compact JWS of ``claims`` (payload: compact UTF-8 JSON).
+
+        Raises:
+            TypeError: ``claims`` holds a value that is not JSON.
+        """
+        signing_input = f"{self._header_b64}.{_b64url(jsoncodec.dumps(dict(claims)))}"
+        return f"{signing_input}.{_b64url(self._signature(signing_input.encode('ascii')))}"
+
+    def _signature(self, data: bytes) -> bytes:
+        """The JWS signature of ``data`` with this signer's key and algorithm."""
+        key = self._key
+        if isinstance(key, ec.EllipticCurvePrivateKey):  # ES256: r || s, 32 bytes each
+            r, s = decode_dss_signature(key.sign(data, ec.ECDSA(hashes.SHA256())))
+            return r.to_bytes(_P256_BYTES, "big") + s.to_bytes(_P256_BYTES, "big")
+        return key.sign(data, padding.PKCS1v15(), hashes.SHA384())  # RS384
 
     def certificate_pem(self) -> str:
         """The signer's certificate chain as PEM (leaf first), or ``""`` if none."""
@@ -454,7 +475,7 @@ class TokenVerifier:
         :class:`TokenSigner` writes, and answers ``None`` (the generic path decides) for
         anything else, so what is accepted or refused does not change:
 
-        1. every segment is base64url without padding (checked by one regex);
+        1. every segment is base64url without padding;
         2. the header is ``typ``/``alg``/``jwk``/``kid`` and nothing else, ``alg`` is
            ``ES256``, and ``jwk`` (P-256 ``x``, ``y``) and ``kid`` name one of our keys;
         3. the signature is 64 bytes (``r || s``) and verifies over ``header.payload``;
@@ -504,11 +525,11 @@ class TokenVerifier:
         Raises:
             TokenVerifierError: the header names our key with another algorithm.
         """
-        if len(header_b64) > _MAX_OWN_HEADER_B64 or not _B64URL_SEGMENT.fullmatch(header_b64):
+        if len(header_b64) > _MAX_OWN_HEADER_B64:
             return None
         try:
-            header = json.loads(_b64url_decode(header_b64))
-        except ValueError:
+            header = jsoncodec.loads(_b64url_decode(header_b64))
+        except (ValueError, RecursionError):
             return None
         if not isinstance(header, dict) or header.keys() != _OWN_HEADER_KEYS:
             return None
@@ -572,8 +593,8 @@ class TokenVerifier:
         raise TokenVerifierError("token carries no tee-pubkey")
 
 
-#: One base64url segment without padding (RFC 7515 section 2).
-_B64URL_SEGMENT: Final = re.compile(r"[A-Za-z0-9_-]*")
+#: base64url's two own symbols, as standard base64's (for binascii's strict decoder).
+_FROM_URLSAFE: Final = bytes.maketrans(b"-_", b"+/")
 #: The header our :class:`TokenSigner` writes has these members and no others.
 _OWN_HEADER_KEYS: Final = frozenset({"typ", "alg", "jwk", "kid"})
 #: Our header carries the certificate chain; anything far larger is not ours.
@@ -582,12 +603,19 @@ _P256_BYTES: Final = 32
 
 
 def _b64url_decode(segment: str) -> bytes:
-    """Decode a segment already checked against :data:`_B64URL_SEGMENT`.
+    """Decode one base64url segment without padding (RFC 7515 section 2).
+
+    The alphabet is checked by binascii's strict decoder after mapping ``-_`` to ``+/``,
+    so ``+``, ``/`` and ``=`` are refused first. On a TDX token's payload this costs a
+    third of a regular expression check followed by :func:`base64.urlsafe_b64decode`.
 
     Raises:
-        ValueError: the length is impossible for base64.
+        ValueError: a character outside ``A-Za-z0-9-_``, or an impossible length.
     """
-    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    if not segment.isascii() or "+" in segment or "/" in segment or "=" in segment:
+        raise ValueError("not base64url")
+    padded = (segment + "=" * (-len(segment) % 4)).encode("ascii")
+    return binascii.a2b_base64(padded.translate(_FROM_URLSAFE), strict_mode=True)
 
 
 def _verify_es256(key: ec.EllipticCurvePublicKey, signing_input: str, signature_b64: str) -> None:
@@ -597,9 +625,8 @@ def _verify_es256(key: ec.EllipticCurvePublicKey, signing_input: str, signature_
         TokenVerifierError: the signature is malformed or does not verify.
     """
     raw = b""
-    if _B64URL_SEGMENT.fullmatch(signature_b64):
-        with contextlib.suppress(ValueError):
-            raw = _b64url_decode(signature_b64)
+    with contextlib.suppress(ValueError):
+        raw = _b64url_decode(signature_b64)
     if len(raw) != 2 * _P256_BYTES:
         raise TokenVerifierError("token signature verification failed")
     der = encode_dss_signature(
@@ -618,9 +645,8 @@ def _timely_claims(payload_b64: str, *, at: dt.datetime) -> dict[str, Any]:
         TokenVerifierError: not a JSON object, no numeric ``exp``, expired, not yet valid.
     """
     claims: Any = None
-    if _B64URL_SEGMENT.fullmatch(payload_b64):
-        with contextlib.suppress(ValueError):
-            claims = json.loads(_b64url_decode(payload_b64))
+    with contextlib.suppress(ValueError):
+        claims = jsoncodec.loads(_b64url_decode(payload_b64))
     if not isinstance(claims, dict):
         raise TokenVerifierError("token signature verification failed")
     _check_window(claims, at=at)

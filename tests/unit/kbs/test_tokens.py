@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import re
 
 import jwt
 import pytest
@@ -14,12 +15,17 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from jwcrypto import jwk as jwcrypto_jwk
+from jwcrypto import jws as jwcrypto_jws
 
 from kbs.errors import TokenVerifierError
 from kbs.tokens import (
     SimpleTokenSigner,
     TokenSigner,
     TokenVerifier,
+    _b64url_decode,
     jwk_thumbprint,
     public_jwk,
     resolve_pointer,
@@ -27,6 +33,8 @@ from kbs.tokens import (
 )
 
 AT = dt.datetime(2026, 11, 22, 12, 0, tzinfo=dt.UTC)
+#: PyJWT checks exp and iat against the wall clock unless told not to.
+_NO_TIME = {"verify_exp": False, "verify_iat": False}
 
 
 def _claims(**extra):
@@ -249,6 +257,40 @@ def test_simple_token_header_claims_and_verification() -> None:
         TokenVerifier(own_keys=[_rsa().public_key()]).verify(token, at=AT)
 
 
+@pytest.mark.parametrize("kind", ["ear-es256", "simple-rs384"])
+def test_signed_tokens_are_what_pyjwt_writes_and_verify_elsewhere(kind: str) -> None:
+    """Our compact JWS: PyJWT's header bytes, compact UTF-8 claims, a valid signature."""
+    key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+    if kind == "ear-es256":
+        key = ec.generate_private_key(ec.SECP256R1())
+        signer: TokenSigner | SimpleTokenSigner = TokenSigner(key)
+    else:
+        key = _rsa()
+        signer = SimpleTokenSigner(key)
+    claims = _claims(name="é\u2028", nested={"list": [1, 2.5, None, True]}, big=2**70)
+    token = signer.sign(claims)
+    header_b64, payload_b64, signature_b64 = token.split(".")
+    headers = {k: v for k, v in jwt.get_unverified_header(token).items() if k != "alg"}
+    reference = jwt.encode(claims, key, algorithm=signer.algorithm, headers=headers)
+    assert header_b64 == reference.split(".")[0]
+    payload = base64.urlsafe_b64decode(payload_b64 + "=" * (-len(payload_b64) % 4))
+    assert payload == json.dumps(claims, separators=(",", ":"), ensure_ascii=False).encode()
+    # PyJWT and jwcrypto, neither ours, accept the signature.
+    assert (
+        jwt.decode(token, key.public_key(), algorithms=[signer.algorithm], options=_NO_TIME)
+        == claims
+    )
+    jwk_key = jwcrypto_jwk.JWK.from_pyca(key.public_key())
+    checked = jwcrypto_jws.JWS()
+    checked.deserialize(token, key=jwk_key)
+    assert json.loads(checked.payload) == claims
+    # A tampered payload is refused by both.
+    forged = f"{header_b64}.{payload_b64[:-2]}{'AA' if payload_b64[-2:] != 'AA' else 'BB'}"
+    forged += f".{signature_b64}"
+    with pytest.raises(jwt.InvalidSignatureError):
+        jwt.decode(forged, key.public_key(), algorithms=[signer.algorithm], options=_NO_TIME)
+
+
 def test_jti_differs_between_tokens() -> None:
     signer = SimpleTokenSigner(_rsa())
     entropy = _counter_entropy()
@@ -440,7 +482,8 @@ def test_own_header_with_another_key_or_kid_is_not_trusted() -> None:
 
 def test_own_header_with_extra_members_takes_the_generic_path() -> None:
     signer, verifier = _own()
-    headers = {**signer._headers, "cty": "ear"}
+    ours = jwt.get_unverified_header(signer.sign(_claims()))
+    headers = {**{k: v for k, v in ours.items() if k != "alg"}, "cty": "ear"}
     token = jwt.encode(_claims(x=3), signer._key, algorithm="ES256", headers=headers)
     assert set(jwt.get_unverified_header(token)) == {"typ", "alg", "jwk", "kid", "cty"}
     # Not our exact header: PyJWT judges it, and our key is still our key.
@@ -527,3 +570,32 @@ def test_kept_claims_are_bounded_and_large_payloads_are_not_kept(
     assert len(verifier._claims) == 2
     # The dropped small token is decoded again, and still accepted.
     assert verifier.verify(small[0], at=AT)["n"] == 0
+
+
+# --------------------------------------------------------------------------- base64url segments
+
+
+_SEGMENT = re.compile(r"[A-Za-z0-9_-]*")
+
+
+def _regex_then_urlsafe(segment: str) -> bytes | None:
+    """The check this module made before: the alphabet by regex, then the stdlib decoder."""
+    if not _SEGMENT.fullmatch(segment):
+        return None
+    try:
+        return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+    except ValueError:
+        return None
+
+
+@settings(max_examples=2000)
+@given(
+    st.text(alphabet="AQgw09-_+/=. \n\u00e9", max_size=14)
+    | st.binary(max_size=12).map(lambda b: base64.urlsafe_b64encode(b).decode().rstrip("="))
+)
+def test_segment_decoding_accepts_exactly_base64url(segment: str) -> None:
+    try:
+        ours: bytes | None = _b64url_decode(segment)
+    except ValueError:
+        ours = None
+    assert ours == _regex_then_urlsafe(segment)
