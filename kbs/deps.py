@@ -9,6 +9,7 @@ from typing import Annotated, Any, Final
 
 from fastapi import Depends, Request, Response
 
+from kbs import jsoncodec
 from kbs.errors import PayloadTooLargeError, SerdeError
 from kbs.state import KbsState
 
@@ -80,7 +81,7 @@ def json_response(
 ) -> Response:
     """A compact ``application/json`` answer."""
     return Response(
-        content=json.dumps(value, separators=(",", ":")).encode(),
+        content=jsoncodec.dumps(value),
         status_code=status_code,
         media_type="application/json",
         headers=headers,

@@ -36,7 +36,6 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
-import json
 import logging
 import re
 import struct
@@ -50,6 +49,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.concatkdf import ConcatKDFHash
 
+from kbs import jsoncodec
 from kbs.entropy import Entropy
 
 _logger = logging.getLogger(__name__)
@@ -544,7 +544,9 @@ def _draw(entropy: Entropy, n: int) -> bytes:
 
 
 def _json(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+    # For values without floats (a header has none), the bytes of json.dumps(value,
+    # ensure_ascii=False, separators=(",", ":"), sort_keys=True): test_jsoncodec.py.
+    return jsoncodec.dumps(value, sort_keys=True).decode()
 
 
 def _b64url_encode(raw: bytes) -> str:
