@@ -10,8 +10,10 @@ One :class:`RegoEngine` serves both roles:
   described in the ``data`` document.
 
 Policies are parsed once and evaluated many times. A parsed *template* engine is kept
-per policy text (with the text's SHA-384) and every evaluation runs on a fresh
-clone of it, so nothing one request sets can leak into the next. Regorus engines are
+per policy text (with the text's SHA-384) and every appraisal runs on a fresh clone of
+it, so nothing one request sets can leak into the next. A release decision runs on an
+engine kept per policy text and ``data`` document, whose input is replaced for each
+decision and emptied after it (see ``RegoEngine._decide``). Regorus engines are
 bound to the thread that created them (using one elsewhere raises ``PanicException``,
 a ``BaseException``), so the template cache is per thread and bounded in size.
 
@@ -199,13 +201,10 @@ class RegoEngine:
         """
         template, digest = self._template(text)
         try:
-            results = self._evaluate(
-                template, (ALLOW_RULE,), input_=input_, data=data, reference_values=None
-            )
+            value = self._decide(text, template, input_=input_, data=data)
         except PolicyEvaluationError as exc:
             _logger.warning("resource policy %s failed, denying: %s", digest[:16], exc)
             return Decision(allowed=False, reason=f"evaluation failed: {exc}", policy_hash=digest)
-        value = results.get(ALLOW_RULE, _UNDEFINED)
         if value is True:
             return Decision(allowed=True, policy_hash=digest)
         if value is _UNDEFINED:
@@ -282,6 +281,55 @@ class RegoEngine:
         while len(cache) > self._cache_size:
             cache.popitem(last=False)
         return found
+
+    def _decide(
+        self, text: str, template: Any, *, input_: Mapping[str, Any], data: Mapping[str, Any]
+    ) -> Any:
+        """``data.policy.allow`` for ``input_``, on this thread's engine for (text, data).
+
+        Adding ``data`` to an engine makes its next evaluation prepare the policy again,
+        which is two thirds of a decision's cost (~50 us of 75). A release decision's
+        ``data`` is the request path and query, so a thread keeps one engine per policy
+        text and ``data`` (as many as its template cache holds), sets only the input,
+        evaluates, and sets the input back to empty so that no claims stay behind. An
+        engine whose evaluation failed is dropped. tests/unit/policy/test_engine_reuse.py
+        holds the results to those of a fresh clone.
+        """
+        if not isinstance(input_, Mapping):
+            raise PolicyEvaluationError("input must be an object")
+        _check_data(data)
+        try:
+            key = (text, json.dumps(data, sort_keys=True, separators=(",", ":")))
+        except (TypeError, ValueError):  # not JSON: the engine would refuse it anyway
+            results = self._evaluate(
+                template, (ALLOW_RULE,), input_=input_, data=data, reference_values=None
+            )
+            return results.get(ALLOW_RULE, _UNDEFINED)
+        engines = self._decision_engines()
+        engine = engines.pop(key, None)
+        if engine is None:
+            with _engine_errors("evaluation"):
+                engine = template.clone()
+                engine.add_data(data if isinstance(data, dict) else dict(data))
+        with _engine_errors("evaluation"):
+            engine.set_input(input_ if isinstance(input_, dict) else dict(input_))
+        value = _eval_rule(engine, ALLOW_RULE)
+        with _engine_errors("evaluation"):
+            engine.set_input({})
+        # Kept only after a clean evaluation (an exception above leaves it out).
+        engines[key] = engine
+        while len(engines) > self._cache_size:
+            engines.popitem(last=False)
+        return value
+
+    def _decision_engines(self) -> collections.OrderedDict[tuple[str, str], Any]:
+        cache: collections.OrderedDict[tuple[str, str], Any] | None = getattr(
+            _THREAD_TEMPLATES, "decisions", None
+        )
+        if cache is None:
+            cache = collections.OrderedDict()
+            _THREAD_TEMPLATES.decisions = cache
+        return cache
 
     def _evaluate(
         self,
