@@ -26,6 +26,7 @@ library ran:
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any, Final
 
@@ -87,17 +88,13 @@ def loads(data: bytes | bytearray | str) -> Any:
             :class:`UnicodeDecodeError` for bytes that are not text).
         RecursionError: nested too deeply for the standard library.
     """
-    raw: bytes | bytearray | None = data if not isinstance(data, str) else None
-    if raw is None:
-        try:
-            raw = data.encode()  # type: ignore[union-attr]
-        except UnicodeEncodeError:  # lone surrogates: the standard library's business
-            raw = None
-    if raw is not None and not _may_hold_a_long_integer(raw):
-        try:
+    try:
+        raw = data.encode() if isinstance(data, str) else data
+    except UnicodeEncodeError:  # lone surrogates: the standard library's business
+        return json.loads(data, parse_constant=_refuse_constant)
+    if not _may_hold_a_long_integer(raw):
+        with contextlib.suppress(orjson.JSONDecodeError):
             return orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            pass
     return json.loads(data, parse_constant=_refuse_constant)
 
 
