@@ -252,13 +252,8 @@ class RegoEngine:
     # ------------------------------------------------------------------ internals
 
     def _templates(self) -> collections.OrderedDict[str, tuple[Any, str]]:
-        cache: collections.OrderedDict[str, tuple[Any, str]] | None = getattr(
-            _THREAD_TEMPLATES, "templates", None
-        )
-        if cache is None:
-            cache = collections.OrderedDict()
-            _THREAD_TEMPLATES.templates = cache
-        return cache
+        """This thread's parsed templates: policy text -> (engine, SHA-384 hex)."""
+        return _thread_cache("templates")
 
     def _template(self, text: str) -> tuple[Any, str]:
         """Return this thread's parsed template for ``text``, and the text's hash."""
@@ -305,7 +300,7 @@ class RegoEngine:
                 template, (ALLOW_RULE,), input_=input_, data=data, reference_values=None
             )
             return results.get(ALLOW_RULE, _UNDEFINED)
-        engines = self._decision_engines()
+        engines: collections.OrderedDict[tuple[str, str], Any] = _thread_cache("decisions")
         engine = engines.pop(key, None)
         if engine is None:
             with _engine_errors("evaluation"):
@@ -321,15 +316,6 @@ class RegoEngine:
         while len(engines) > self._cache_size:
             engines.popitem(last=False)
         return value
-
-    def _decision_engines(self) -> collections.OrderedDict[tuple[str, str], Any]:
-        cache: collections.OrderedDict[tuple[str, str], Any] | None = getattr(
-            _THREAD_TEMPLATES, "decisions", None
-        )
-        if cache is None:
-            cache = collections.OrderedDict()
-            _THREAD_TEMPLATES.decisions = cache
-        return cache
 
     def _evaluate(
         self,
@@ -358,6 +344,15 @@ class RegoEngine:
             if value is not _UNDEFINED:
                 results[rule] = value
         return results
+
+
+def _thread_cache(name: str) -> collections.OrderedDict[Any, Any]:
+    """This thread's LRU map ``name`` in :data:`_THREAD_TEMPLATES` (made on first use)."""
+    cache: collections.OrderedDict[Any, Any] | None = getattr(_THREAD_TEMPLATES, name, None)
+    if cache is None:
+        cache = collections.OrderedDict()
+        setattr(_THREAD_TEMPLATES, name, cache)
+    return cache
 
 
 # ---------------------------------------------------------------------- regorus calls
