@@ -185,6 +185,13 @@ class Metrics:
         self.policy_errors = _counter(
             "kbs_policy_errors", "Resource policy evaluations that failed.", (), registry
         )
+        self.policy_remembered = _counter(
+            "kbs_policy_outcomes_remembered",
+            "Policy outcomes of release decisions answered from the decision memo (the "
+            "same token, policy text, path and query as an earlier decision).",
+            (),
+            registry,
+        )
         # ---- RCAR handshake (reference names and labels)
         self.auth_requests = _counter(
             "kbs_auth_requests", "POST /kbs/v0/auth requests.", (), registry

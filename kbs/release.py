@@ -51,6 +51,8 @@ class PolicyOutcome:
     release_kind: str | None = None  # "rego" | "allow_list" for release policies
     #: Filled by :meth:`ReleaseDecision.explain_denials`: the failed conditions.
     failing: tuple[str, ...] = ()
+    #: The engine answered from its memo (``RegoEngine.allow``); not in records.
+    remembered: bool = False
 
     def to_json(self) -> dict[str, Any]:
         """The outcome without the policy text (audit records, explanations)."""
@@ -123,6 +125,7 @@ def _with_failing(outcome: PolicyOutcome, trace: RuleTrace) -> PolicyOutcome:
         text=outcome.text,
         release_kind=outcome.release_kind,
         failing=failing,
+        remembered=outcome.remembered,
     )
 
 
@@ -146,9 +149,18 @@ async def _policies(
 
 
 async def decide(
-    state: KbsState, desc: ResourceDesc, claims: Mapping[str, Any], query: Mapping[str, str]
+    state: KbsState,
+    desc: ResourceDesc,
+    claims: Mapping[str, Any],
+    query: Mapping[str, str],
+    *,
+    token_id: str | None = None,
 ) -> ReleaseDecision:
     """Evaluate the global resource policy and every matching release policy.
+
+    ``token_id`` (the SHA-256 of the token ``claims`` were verified from) lets the engine
+    answer a repeated question from memory (``RegoEngine.allow``'s ``input_key``): the
+    same token, the same policy texts and the same path and query give the same answer.
 
     Raises:
         DatabaseUnavailableError: the policies could not be read.
@@ -157,7 +169,7 @@ async def decide(
     data = release_data(desc, query)
     outcomes = []
     for kind, policy_id, text, policy in await _policies(state, desc):
-        decision = state.policy_engine.allow(text, input_=claims, data=data)
+        decision = state.policy_engine.allow(text, input_=claims, data=data, input_key=token_id)
         outcomes.append(
             PolicyOutcome(
                 kind=kind,
@@ -167,6 +179,7 @@ async def decide(
                 reason=decision.reason,
                 text=text,
                 release_kind=policy.kind if policy is not None else None,
+                remembered=decision.remembered,
             )
         )
     return ReleaseDecision(tuple(outcomes), data)

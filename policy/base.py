@@ -70,11 +70,13 @@ class Decision:
 
     ``allowed`` is true only when the policy's ``allow`` rule evaluated to literally
     ``true``; ``reason`` says why not otherwise (for logs and explain output).
+    ``remembered`` says the engine answered from its memo of earlier decisions.
     """
 
     allowed: bool
     reason: str = ""
     policy_hash: str = ""
+    remembered: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,8 +122,19 @@ class PolicyEngine(Protocol):
         """
         ...
 
-    def allow(self, text: str, *, input_: Mapping[str, Any], data: Mapping[str, Any]) -> Decision:
+    def allow(
+        self,
+        text: str,
+        *,
+        input_: Mapping[str, Any],
+        data: Mapping[str, Any],
+        input_key: str | None = None,
+    ) -> Decision:
         """Evaluate a resource policy (``data.policy.allow``); never raises for a deny.
+
+        ``input_key``, when given, is equal only for equal inputs; an engine may answer
+        a repeated (policy, input_key, data) question from memory when the policy's
+        answer cannot change.
 
         Raises:
             PolicyInvalidError: the text does not compile.

@@ -25,26 +25,31 @@ for complete rules.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import logging
+import math
 import os
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Final
 
+import orjson
 import regorus
 
 from policy.base import TRUST_CLAIM_NAMES, Appraisal, Decision, Extension, PolicyEngine
 from policy.defaults import policy_hash
 from policy.ear import CLAIM_MAX, CLAIM_MIN, status_of
 from policy.errors import PolicyEvaluationError, PolicyInvalidError
+from policy.purity import is_pure
 
 _logger = logging.getLogger(__name__)
 
 __all__ = [
     "ALLOW_RULE",
     "DEFAULT_CACHE_SIZE",
+    "DEFAULT_DECISION_MEMO_SIZE",
     "EXTENSIONS_RULE",
     "MAX_POLICY_BYTES",
     "POLICY_PACKAGE",
@@ -78,6 +83,12 @@ _MAX_POLICY_COLUMNS: Final = 1024
 _MAX_POLICY_LINES: Final = 20_000
 #: Parsed policies kept per thread; the least recently used one is dropped first.
 DEFAULT_CACHE_SIZE: Final = 32
+#: Release decisions remembered per engine (``RegoEngine.allow`` with ``input_key``).
+#: An entry is a few hundred bytes: two hex digests, the data document as JSON, and a
+#: shared Decision.
+DEFAULT_DECISION_MEMO_SIZE: Final = 4096
+#: Nesting beyond which a ``data`` document is not remembered by its text (_data_key).
+_MAX_DATA_DEPTH: Final = 64
 #: Longest error text kept in an exception message or a denial reason.
 _MAX_ERROR_CHARS: Final = 300
 
@@ -127,18 +138,33 @@ class RegoEngine:
     Instances are safe to share between threads: all regorus state is thread-local.
     """
 
-    def __init__(self, *, cache_size: int = DEFAULT_CACHE_SIZE) -> None:
+    def __init__(
+        self,
+        *,
+        cache_size: int = DEFAULT_CACHE_SIZE,
+        decision_memo_size: int = DEFAULT_DECISION_MEMO_SIZE,
+    ) -> None:
         """Create an engine.
 
         Args:
             cache_size: parsed policies kept per thread (at least 1).
+            decision_memo_size: release decisions remembered (0: none).
 
         Raises:
-            ValueError: ``cache_size`` is less than 1.
+            ValueError: ``cache_size`` is less than 1 or ``decision_memo_size`` negative.
         """
         if cache_size < 1:
             raise ValueError("cache_size must be at least 1")
+        if decision_memo_size < 0:
+            raise ValueError("decision_memo_size must not be negative")
         self._cache_size = cache_size
+        self._memo_size = decision_memo_size
+        self._memo: collections.OrderedDict[tuple[str, str, bytes], Decision] = (
+            collections.OrderedDict()
+        )
+        #: Policy SHA-384 -> whether it is pure (policy/purity.py); as many as the memo.
+        self._purity: collections.OrderedDict[str, bool] = collections.OrderedDict()
+        self._memo_lock = threading.Lock()
 
     # ------------------------------------------------------------------ public API
 
@@ -190,21 +216,69 @@ class RegoEngine:
             policy_hash=digest,
         )
 
-    def allow(self, text: str, *, input_: Mapping[str, Any], data: Mapping[str, Any]) -> Decision:
+    def allow(
+        self,
+        text: str,
+        *,
+        input_: Mapping[str, Any],
+        data: Mapping[str, Any],
+        input_key: str | None = None,
+    ) -> Decision:
         """Evaluate a resource policy; only a literal ``true`` allows.
 
         An undefined ``allow``, any other value (``"true"``, ``1``, ``null``) and any
         evaluation error deny, with the cause in :attr:`Decision.reason`.
 
+        ``input_key`` names ``input_``: callers give equal keys only for equal inputs
+        (the KBS gives the SHA-256 of the token the claims were verified from). With it,
+        the decision of a pure policy (policy/purity.py: no clock, randomness or
+        network) is remembered under (policy hash, key, ``data``), and the same
+        question is answered from memory. Failed evaluations are not remembered.
+
         Raises:
             PolicyInvalidError: the text does not parse.
         """
         template, digest = self._template(text)
+        memo_key = None
+        if input_key is not None and self._memo_size and self._pure(digest, template):
+            data_key = _data_key(data)
+            if data_key is not None:
+                memo_key = (digest, input_key, data_key)
+                with self._memo_lock:
+                    found = self._memo.get(memo_key)
+                    if found is not None:
+                        self._memo.move_to_end(memo_key)
+                        return found
         try:
             value = self._decide(text, template, input_=input_, data=data)
         except PolicyEvaluationError as exc:
             _logger.warning("resource policy %s failed, denying: %s", digest[:16], exc)
             return Decision(allowed=False, reason=f"evaluation failed: {exc}", policy_hash=digest)
+        decision = self._verdict(value, digest)
+        if memo_key is not None:
+            with self._memo_lock:
+                self._memo[memo_key] = dataclasses.replace(decision, remembered=True)
+                while len(self._memo) > self._memo_size:
+                    self._memo.popitem(last=False)
+        return decision
+
+    def _pure(self, digest: str, template: Any) -> bool:
+        """Whether the policy with this hash is pure (judged once per hash)."""
+        with self._memo_lock:
+            found = self._purity.get(digest)
+            if found is not None:
+                self._purity.move_to_end(digest)
+                return found
+        pure = is_pure(template)
+        with self._memo_lock:
+            self._purity[digest] = pure
+            while len(self._purity) > self._memo_size:
+                self._purity.popitem(last=False)
+        return pure
+
+    @staticmethod
+    def _verdict(value: Any, digest: str) -> Decision:
+        """The decision for the value ``allow`` evaluated to."""
         if value is True:
             return Decision(allowed=True, policy_hash=digest)
         if value is _UNDEFINED:
@@ -293,14 +367,14 @@ class RegoEngine:
         if not isinstance(input_, Mapping):
             raise PolicyEvaluationError("input must be an object")
         _check_data(data)
-        try:
-            key = (text, json.dumps(data, sort_keys=True, separators=(",", ":")))
-        except (TypeError, ValueError):  # not JSON: the engine would refuse it anyway
+        data_key = _data_key(data)
+        if data_key is None:  # not plain JSON: a fresh clone, as the engine sees it
             results = self._evaluate(
                 template, (ALLOW_RULE,), input_=input_, data=data, reference_values=None
             )
             return results.get(ALLOW_RULE, _UNDEFINED)
-        engines: collections.OrderedDict[tuple[str, str], Any] = _thread_cache("decisions")
+        key = (text, data_key)
+        engines: collections.OrderedDict[tuple[str, bytes], Any] = _thread_cache("decisions")
         engine = engines.pop(key, None)
         if engine is None:
             with _engine_errors("evaluation"):
@@ -503,6 +577,38 @@ def _order_key(value: Any) -> tuple[int, Any]:
     if isinstance(value, str):
         return (3, value)
     return (4, json.dumps(value, sort_keys=True, default=str))
+
+
+def _data_key(value: Mapping[str, Any]) -> bytes | None:
+    """``value`` as sorted JSON, or ``None`` unless it is plain JSON data.
+
+    Plain: dicts with string keys, lists (and tuples, which regorus reads as arrays),
+    strings, booleans, ``None``, finite floats and 64-bit integers, of exactly those
+    types. Equal keys then mean documents regorus cannot tell apart; the text of
+    ``json.dumps`` would not (it writes the key ``1`` as ``"1"``, which regorus can
+    tell apart, and NaN as ``NaN``).
+    """
+    if not _plain(value, 0):
+        return None
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:  # an integer beyond 64 bits
+        return None
+
+
+def _plain(value: Any, depth: int) -> bool:
+    kind = type(value)
+    if kind is str or kind is bool or kind is int or value is None:
+        return True
+    if kind is float:
+        return math.isfinite(value)
+    if depth >= _MAX_DATA_DEPTH:
+        return False
+    if kind is dict:
+        return all(type(k) is str and _plain(v, depth + 1) for k, v in value.items())
+    if kind is list or kind is tuple:
+        return all(_plain(v, depth + 1) for v in value)
+    return False
 
 
 def _json_type(value: Any) -> str:

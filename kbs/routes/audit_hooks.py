@@ -181,10 +181,10 @@ async def record_release(
     *,
     resource: str,
     outcome: str,
-    token: str,
+    token_digest: str,
     detail: Mapping[str, Any],
 ) -> None:
-    """Record a release decision.
+    """Record a release decision; ``token_digest`` is :func:`kbs.audit.token_id` of the token.
 
     Raises:
         AuditUnavailableError: an ``allowed`` record could not be written and the
@@ -197,7 +197,7 @@ async def record_release(
         outcome=outcome,
         actor=None,
         resource=resource,
-        detail={"token_id": token_id(token), **detail},
+        detail={"token_id": token_digest, **detail},
     )
     if outcome != "allowed":
         await record_best_effort(state, event)

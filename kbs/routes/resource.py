@@ -28,6 +28,7 @@ from typing import Any, Final
 from fastapi import APIRouter, Request, Response
 
 from kbs import jwe
+from kbs.audit import token_id
 from kbs.deps import SESSION_COOKIE, StateDep, json_response, read_body, read_json
 from kbs.errors import (
     InvalidRequestPathError,
@@ -129,14 +130,19 @@ async def get_resource(path: str, request: Request, state: StateDep) -> Response
     token, legacy_jwe = await _guest_token(request, state, at)
     # 3. Verified on every request, even when it came from the session.
     claims = state.token_verifier.verify(token, at=at)
+    # The audit trail's name for the token, and the policy engine's for its claims.
+    digest = token_id(token)
     # 4. The global resource policy and every matching release policy must say true.
     metrics = metrics_of(request)
     metrics.policy_evaluations.inc()
     try:
-        decision = await decide(state, desc, claims, request.query_params)
+        decision = await decide(state, desc, claims, request.query_params, token_id=digest)
     except Exception:
         metrics.policy_errors.inc()
         raise
+    remembered = sum(o.remembered for o in decision.outcomes)
+    if remembered:
+        metrics.policy_remembered.inc(remembered)
     if not decision.allowed:
         metrics.policy_violations.inc()
         decision = decision.explain_denials(state.policy_engine, claims)
@@ -151,7 +157,7 @@ async def get_resource(path: str, request: Request, state: StateDep) -> Response
             request,
             resource=str(desc),
             outcome="denied",
-            token=token,
+            token_digest=digest,
             detail={"policies": [o.to_json() for o in decision.outcomes]},
         )
         raise PolicyDenyError("Access denied by policy")
@@ -165,7 +171,7 @@ async def get_resource(path: str, request: Request, state: StateDep) -> Response
             request,
             resource=str(desc),
             outcome="failed",
-            token=token,
+            token_digest=digest,
             detail={"reason": "resource not found"},
         )
         raise
@@ -176,7 +182,7 @@ async def get_resource(path: str, request: Request, state: StateDep) -> Response
         request,
         resource=str(desc),
         outcome="allowed",
-        token=token,
+        token_digest=digest,
         detail={
             "version": value.version,
             "backend": state.resources.backend_for(desc).kind,

@@ -10,6 +10,7 @@ import logging
 import pytest
 
 from kbs.client.api import KbsClientError
+from policy.defaults import DEFAULT_RESOURCE_POLICY
 from support.kbs_app import RunningKbs
 
 ERR = "https://github.com/confidential-containers/kbs/errors/"
@@ -151,3 +152,59 @@ async def test_rego_release_policy_sees_the_request(affirming_kbs: RunningKbs) -
         assert await guest.get_resource("cai/key/a") == b"a"
         response = await guest._http.get("/kbs/v0/resource/cai/key/b")
     assert response.json()["type"] == ERR + "PolicyDeny"
+
+
+def _remembered(metrics: str) -> float:
+    (value,) = [
+        float(line.split()[1])
+        for line in metrics.splitlines()
+        if line.startswith("kbs_policy_outcomes_remembered_total ")
+    ]
+    return value
+
+
+async def test_remembered_decisions_follow_every_policy_change(affirming_kbs: RunningKbs) -> None:
+    """One token asks again and again while admins change policies: each change counts."""
+    kbs = affirming_kbs
+    admin = kbs.admin()
+    await admin.set_resource(CAI, b"cai secret")
+    async with kbs.guest() as guest:
+        await guest.attest()
+        bearer = {"Authorization": f"Bearer {guest.token}"}
+
+        async def status() -> int:
+            response = await kbs.http.get(f"/kbs/v0/resource/{CAI}", headers=bearer)
+            if response.status_code != 200:
+                assert response.json()["type"] == ERR + "PolicyDeny"
+            return response.status_code
+
+        async def remembered() -> float:
+            return _remembered((await kbs.http.get("/metrics")).text)
+
+        assert [await status(), await status()] == [200, 200]
+        assert await remembered() == 1  # the second answer came from memory
+        # A release policy added, then removed.
+        await admin.set_release_policy("cai/*", allow_list={"tee": ["tdx"]})
+        assert [await status(), await status()] == [401, 401]
+        await admin.delete_release_policy("cai/*")
+        assert await status() == 200
+        # The global policy changed to deny, then back.
+        await admin.set_resource_policy("package policy\ndefault allow := false\n")
+        assert await status() == 401
+        await admin.set_resource_policy(DEFAULT_RESOURCE_POLICY)
+        assert await status() == 200
+        # Another query is another question.
+        before = await remembered()
+        response = await kbs.http.get(f"/kbs/v0/resource/{CAI}?x=1", headers=bearer)
+        assert response.status_code == 200
+        assert await remembered() == before
+        # A policy that reads the clock is evaluated every time.
+        await admin.set_resource_policy("package policy\nallow if time.now_ns() > 0\n")
+        before = await remembered()
+        assert [await status(), await status()] == [200, 200]
+        assert await remembered() == before
+        assert await status() == 200
+    # Every request was audited, remembered or not: 8 releases and 3 denials.
+    records = (await admin.audit(kind="release", limit=500))["records"]
+    assert [r["outcome"] for r in records].count("allowed") == 8
+    assert [r["outcome"] for r in records].count("denied") == 3
