@@ -52,7 +52,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from kbs import db, hotsql
+from kbs import db, hotsql, jsoncodec
 from kbs.entropy import Entropy
 from kbs.errors import AuditUnavailableError, DatabaseUnavailableError
 from kbs.scopes import PathPattern, Permissions
@@ -169,8 +169,14 @@ class ChainReport:
     first_bad_seq: int | None = None
 
 
-def _canonical(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+def _canonical(value: Any) -> bytes:
+    """Sorted, compact UTF-8 JSON.
+
+    For values without floats (a record's columns have none) these are the bytes the
+    standard library's sorted, compact, non-ASCII-escaping ``json.dumps`` gave, which
+    earlier records were hashed over: tests/unit/kbs/test_audit_hash.py holds it to that.
+    """
+    return jsoncodec.dumps(value, sort_keys=True)
 
 
 def record_hash(
@@ -204,7 +210,7 @@ def record_hash(
             prev_hash,
         ]
     )
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+    return hashlib.sha256(payload).hexdigest()
 
 
 def token_id(token: str) -> str:
@@ -306,7 +312,7 @@ class AuditLog:
             "client": _clip(event.client, 64),
             "request_id": _clip(event.request_id, 128),
             "resource": _clip(event.resource, 800),
-            "detail": _canonical(dict(event.detail)),
+            "detail": _canonical(dict(event.detail)).decode(),
         }
         loop = asyncio.get_running_loop()
         written: asyncio.Future[AuditRecord] = loop.create_future()
