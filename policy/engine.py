@@ -31,7 +31,7 @@ import logging
 import math
 import os
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Final
 
@@ -89,6 +89,7 @@ DEFAULT_CACHE_SIZE: Final = 32
 DEFAULT_DECISION_MEMO_SIZE: Final = 4096
 #: Nesting beyond which a ``data`` document is not remembered by its text (_data_key).
 _MAX_DATA_DEPTH: Final = 64
+_PLAIN_SCALARS: Final = frozenset({str, bool, int, type(None)})
 #: Longest error text kept in an exception message or a denial reason.
 _MAX_ERROR_CHARS: Final = 300
 
@@ -598,17 +599,30 @@ def _data_key(value: Mapping[str, Any]) -> bytes | None:
 
 def _plain(value: Any, depth: int) -> bool:
     kind = type(value)
-    if kind is str or kind is bool or kind is int or value is None:
+    if kind in _PLAIN_SCALARS:
         return True
     if kind is float:
         return math.isfinite(value)
     if depth >= _MAX_DATA_DEPTH:
         return False
     if kind is dict:
-        return all(type(k) is str and _plain(v, depth + 1) for k, v in value.items())
-    if kind is list or kind is tuple:
-        return all(_plain(v, depth + 1) for v in value)
-    return False
+        return _plain_members(value, depth)
+    return (kind is list or kind is tuple) and _plain_items(value, depth)
+
+
+# Loops, not all() over a generator: a third of the time for a release's data document.
+def _plain_members(value: dict[Any, Any], depth: int) -> bool:
+    for key, item in value.items():
+        if type(key) is not str or (type(item) is not str and not _plain(item, depth + 1)):
+            return False
+    return True
+
+
+def _plain_items(items: Iterable[Any], depth: int) -> bool:
+    for item in items:  # noqa: SIM110
+        if type(item) is not str and not _plain(item, depth + 1):
+            return False
+    return True
 
 
 def _json_type(value: Any) -> str:

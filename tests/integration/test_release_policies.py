@@ -208,3 +208,20 @@ async def test_remembered_decisions_follow_every_policy_change(affirming_kbs: Ru
     records = (await admin.audit(kind="release", limit=500))["records"]
     assert [r["outcome"] for r in records].count("allowed") == 8
     assert [r["outcome"] for r in records].count("denied") == 3
+
+
+async def test_the_query_string_reaches_the_policy(affirming_kbs: RunningKbs) -> None:
+    kbs = affirming_kbs
+    admin = kbs.admin()
+    await admin.set_resource(CAI, b"cai secret")
+    await admin.set_release_policy(
+        "cai/*", rego='package policy\ndefault allow := false\nallow if data.query.ok == "1"\n'
+    )
+    async with kbs.guest() as guest:
+        await guest.attest()
+        bearer = {"Authorization": f"Bearer {guest.token}"}
+        statuses = [
+            (await kbs.http.get(f"/kbs/v0/resource/{CAI}{query}", headers=bearer)).status_code
+            for query in ("?ok=1", "", "?ok=2", "?", "?ok=1")
+        ]
+    assert statuses == [200, 401, 401, 401, 200]
