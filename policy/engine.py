@@ -33,7 +33,7 @@ import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import orjson
 import regorus
@@ -45,6 +45,8 @@ from policy.errors import PolicyEvaluationError, PolicyInvalidError
 from policy.purity import is_pure
 
 _logger = logging.getLogger(__name__)
+_K = TypeVar("_K")
+_V = TypeVar("_V")
 
 __all__ = [
     "ALLOW_RULE",
@@ -246,10 +248,9 @@ class RegoEngine:
             if data_key is not None:
                 memo_key = (digest, input_key, data_key)
                 with self._memo_lock:
-                    found = self._memo.get(memo_key)
-                    if found is not None:
-                        self._memo.move_to_end(memo_key)
-                        return found
+                    found = _recall(self._memo, memo_key)
+                if found is not None:
+                    return found
         try:
             value = self._decide(text, template, input_=input_, data=data)
         except PolicyEvaluationError as exc:
@@ -257,24 +258,20 @@ class RegoEngine:
             return Decision(allowed=False, reason=f"evaluation failed: {exc}", policy_hash=digest)
         decision = self._verdict(value, digest)
         if memo_key is not None:
+            remembered = dataclasses.replace(decision, remembered=True)
             with self._memo_lock:
-                self._memo[memo_key] = dataclasses.replace(decision, remembered=True)
-                while len(self._memo) > self._memo_size:
-                    self._memo.popitem(last=False)
+                _keep(self._memo, memo_key, remembered, self._memo_size)
         return decision
 
     def _pure(self, digest: str, template: Any) -> bool:
         """Whether the policy with this hash is pure (judged once per hash)."""
         with self._memo_lock:
-            found = self._purity.get(digest)
-            if found is not None:
-                self._purity.move_to_end(digest)
-                return found
+            found = _recall(self._purity, digest)
+        if found is not None:
+            return found
         pure = is_pure(template)
         with self._memo_lock:
-            self._purity[digest] = pure
-            while len(self._purity) > self._memo_size:
-                self._purity.popitem(last=False)
+            _keep(self._purity, digest, pure, self._memo_size)
         return pure
 
     @staticmethod
@@ -336,9 +333,8 @@ class RegoEngine:
             raise PolicyInvalidError("policy must be text")
         # Keyed by the text itself: a hit costs a string comparison, not a SHA-384.
         cache = self._templates()
-        found = cache.get(text)
+        found = _recall(cache, text)
         if found is not None:
-            cache.move_to_end(text)
             return found
         try:
             too_big = len(text) > MAX_POLICY_BYTES or len(text.encode()) > MAX_POLICY_BYTES
@@ -347,9 +343,7 @@ class RegoEngine:
         if too_big:
             raise PolicyInvalidError(f"policy is larger than {MAX_POLICY_BYTES} bytes")
         found = (_compile(text), policy_hash(text))
-        cache[text] = found
-        while len(cache) > self._cache_size:
-            cache.popitem(last=False)
+        _keep(cache, text, found, self._cache_size)
         return found
 
     def _decide(
@@ -387,9 +381,7 @@ class RegoEngine:
         with _engine_errors("evaluation"):
             engine.set_input({})
         # Kept only after a clean evaluation (an exception above leaves it out).
-        engines[key] = engine
-        while len(engines) > self._cache_size:
-            engines.popitem(last=False)
+        _keep(engines, key, engine, self._cache_size)
         return value
 
     def _evaluate(
@@ -578,6 +570,22 @@ def _order_key(value: Any) -> tuple[int, Any]:
     if isinstance(value, str):
         return (3, value)
     return (4, json.dumps(value, sort_keys=True, default=str))
+
+
+def _recall(cache: collections.OrderedDict[_K, _V], key: _K) -> _V | None:
+    """``cache[key]`` marked most recently used, or ``None``."""
+    found = cache.get(key)
+    if found is not None:
+        cache.move_to_end(key)
+    return found
+
+
+def _keep(cache: collections.OrderedDict[_K, _V], key: _K, value: _V, size: int) -> None:
+    """Store ``value`` as most recently used, dropping the least recent beyond ``size``."""
+    cache[key] = value
+    cache.move_to_end(key)
+    while len(cache) > size:
+        cache.popitem(last=False)
 
 
 def _data_key(value: Mapping[str, Any]) -> bytes | None:
