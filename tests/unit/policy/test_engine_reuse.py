@@ -82,6 +82,12 @@ DATA = st.fixed_dictionaries(
 )
 
 
+#: Random sequences of (policy index, input, data) decisions.
+STEPS = st.lists(
+    st.tuples(st.integers(0, len(POLICIES) - 1), INPUTS, DATA), min_size=1, max_size=30
+)
+
+
 def _fresh(policy: str, input_: dict[str, Any], data: dict[str, Any]) -> Any:
     """True, False, another value, None (undefined) or "error", on a new engine."""
     engine = regorus.Engine()
@@ -94,6 +100,15 @@ def _fresh(policy: str, input_: dict[str, Any], data: dict[str, Any]) -> Any:
         return None if "not a valid rule path" in str(exc) else "error"
 
 
+def _expected(policy: str, input_: dict[str, Any], data: dict[str, Any]) -> Any:
+    """What RegoEngine.allow should say: True, "error", or False for anything else."""
+    try:
+        fresh = _fresh(policy, input_, data)
+    except Exception:  # noqa: BLE001 - regorus refuses the data itself
+        return "error"
+    return fresh if fresh in (True, "error") else False
+
+
 def _outcome(decision: Any) -> Any:
     if decision.allowed:
         return True
@@ -103,19 +118,15 @@ def _outcome(decision: Any) -> Any:
 
 
 @settings(max_examples=150, deadline=None)
-@given(
-    st.lists(st.tuples(st.integers(0, len(POLICIES) - 1), INPUTS, DATA), min_size=1, max_size=25)
-)
+@given(STEPS)
 def test_kept_engines_decide_as_fresh_ones(
     steps: list[tuple[int, dict[str, Any], dict[str, Any]]],
 ) -> None:
     engine = RegoEngine(cache_size=3)  # small, so engines are also dropped and rebuilt
     for index, input_, data in steps:
         policy = POLICIES[index]
-        expected = _fresh(policy, input_, data)
-        expected = expected if expected in (True, "error") else False
         got = _outcome(engine.allow(policy, input_=input_, data=data))
-        assert got == expected, (index, input_, data)
+        assert got == _expected(policy, input_, data), (index, input_, data)
 
 
 def test_no_claims_stay_in_a_kept_engine() -> None:
@@ -154,12 +165,7 @@ def test_kept_engines_are_per_thread() -> None:
 @pytest.mark.parametrize("data", [{"plugin": object()}, {"query": {"x": float("nan")}}])
 def test_data_that_is_not_json_decides_as_on_a_fresh_engine(data: dict[str, Any]) -> None:
     policy = SAMPLE_RESOURCE_POLICIES["allow_all"]
-    try:
-        expected = _fresh(policy, {}, data)
-    except Exception:  # noqa: BLE001 - regorus refuses the data itself
-        expected = "error"
-    expected = expected if expected in (True, "error") else False
-    assert _outcome(RegoEngine().allow(policy, input_={}, data=data)) == expected
+    assert _outcome(RegoEngine().allow(policy, input_={}, data=data)) == _expected(policy, {}, data)
 
 
 def _decisions() -> dict[tuple[str, str], Any]:
@@ -180,9 +186,7 @@ def _key(input_: dict[str, Any]) -> str:
 
 
 @settings(max_examples=150, deadline=None)
-@given(
-    st.lists(st.tuples(st.integers(0, len(POLICIES) - 1), INPUTS, DATA), min_size=1, max_size=30)
-)
+@given(STEPS)
 def test_remembered_decisions_are_those_of_fresh_engines(
     steps: list[tuple[int, dict[str, Any], dict[str, Any]]],
 ) -> None:
@@ -190,10 +194,8 @@ def test_remembered_decisions_are_those_of_fresh_engines(
     engine = RegoEngine(cache_size=3, decision_memo_size=4)
     for index, input_, data in steps + steps:  # every question at least twice
         policy = POLICIES[index]
-        expected = _fresh(policy, input_, data)
-        expected = expected if expected in (True, "error") else False
         decision = engine.allow(policy, input_=input_, data=data, input_key=_key(input_))
-        assert _outcome(decision) == expected, (index, input_, data)
+        assert _outcome(decision) == _expected(policy, input_, data), (index, input_, data)
 
 
 class _Counting(RegoEngine):
