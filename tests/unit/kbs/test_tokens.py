@@ -31,6 +31,9 @@ from kbs.tokens import (
     resolve_pointer,
     self_signed_certificate,
 )
+from kbs.tokens import (
+    _b64url as ours_b64url,
+)
 
 AT = dt.datetime(2026, 11, 22, 12, 0, tzinfo=dt.UTC)
 #: PyJWT checks exp and iat against the wall clock unless told not to.
@@ -599,3 +602,32 @@ def test_segment_decoding_accepts_exactly_base64url(segment: str) -> None:
     except ValueError:
         ours = None
     assert ours == _regex_then_urlsafe(segment)
+
+
+@st.composite
+def _long_segments(draw: st.DrawFn) -> str:
+    """Segments long enough for pybase64's SIMD loop, with at most one foreign character."""
+    segment = base64.urlsafe_b64encode(draw(st.binary(min_size=40, max_size=400)))
+    chars = list(segment.decode().rstrip("="))
+    if draw(st.booleans()):
+        where = draw(st.integers(0, len(chars) - 1))
+        chars[where] = draw(st.sampled_from("+/=. \n\x00\u00e9*"))
+    if draw(st.booleans()):
+        del chars[draw(st.integers(0, len(chars) - 1))]  # breaks the length now and then
+    return "".join(chars)
+
+
+@settings(max_examples=1000)
+@given(_long_segments())
+def test_long_segment_decoding_accepts_exactly_base64url(segment: str) -> None:
+    try:
+        ours: bytes | None = _b64url_decode(segment)
+    except ValueError:
+        ours = None
+    assert ours == _regex_then_urlsafe(segment)
+
+
+@given(st.binary(max_size=300))
+def test_segment_encoding_is_the_standard_librarys(raw: bytes) -> None:
+    assert ours_b64url(raw) == base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    assert _b64url_decode(ours_b64url(raw)) == raw
