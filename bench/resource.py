@@ -1,16 +1,18 @@
 # SPDX-License-Identifier: Apache-2.0
 """Repeated ``GET /kbs/v0/resource/...`` with an ``Authorization: Bearer`` attestation token.
 
-Starts ``kbs serve --workers 1`` (SQLite, resources in the database, the sample TEE),
-gets one attestation token through a real auth -> attest flow, then N concurrent clients
+Starts ``kbs serve --workers 1`` (SQLite, resources in the database, the sample TEE or,
+with ``--tee tdx``, TDX evidence on the test PKI as in ``flows.py``, whose token carries
+its ~40 KB event log), gets one attestation token through a real auth -> attest flow,
+then N concurrent clients
 fetch the resource with ``Authorization: Bearer <token>`` for a fixed time (each answer
 is a fresh JWE to the token's TEE key; the client checks the status of every answer and
 decrypts the first and the last). Prints fetches/s, latency, the server's CPU ms per
 fetch (/proc utime + stime) and fetches/s per server core (= 1000 / CPU ms per fetch;
 issue 8 target >= 1,500).
 
-    .venv/bin/python bench/resource.py [--seconds 15] [--concurrency 16] [--db sqlite|postgres]
-        [--kbs /path/to/other/venv/bin/kbs] [--quick]
+    .venv/bin/python bench/resource.py [--seconds 15] [--concurrency 16] [--tee sample|tdx]
+        [--db sqlite|postgres] [--kbs /path/to/other/venv/bin/kbs] [--quick]
 
 Output: ``<figure>: <value>`` lines. Exit status 1 if any fetch failed.
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -29,16 +32,16 @@ import _common as c
 from kbs.client.tee_key import TeeKeyPair
 
 
-async def _token(url: str) -> tuple[TeeKeyPair, str]:
+async def _token(url: str, guest: Any) -> tuple[TeeKeyPair, str]:
     key = TeeKeyPair.generate("ec-p256")
     async with c.new_session(1) as session:
-        _, token = await c.auth_attest(session, url, c.SampleGuest(), key)
+        _, token = await c.auth_attest(session, url, guest, key)
         # The token alone (no cookie) must release the resource.
         await c.get_resource(session, url, key, {"Authorization": f"Bearer {token}"})
     return key, token
 
 
-def main(argv: list[str] | None = None) -> int:
+def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=(__doc__ or "").split("\n", 1)[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -48,23 +51,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds")
     parser.add_argument("--concurrency", type=int, default=16, help="concurrent clients")
     parser.add_argument("--workers", type=int, default=1, help="kbs serve --workers")
+    parser.add_argument(
+        "--tee", choices=("sample", "tdx"), default="sample", help="evidence behind the token"
+    )
     c.add_database_args(parser)
     c.add_server_args(parser)
     args = parser.parse_args(argv)
     if args.quick:
         args.seconds, args.warmup, args.concurrency = 2.0, 0.5, 8
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _arguments(argv)
     c.figure("host_cpus", os.cpu_count() or 0, "d")
     c.figure("db", args.db)
+    c.figure("tee", args.tee)
     with (
         c.temp_dir("kbs-bench-resource-") as tmp,
         c.bench_database(args.db, Path(tmp), args.postgres_url) as database_url,
+        c.TdxWorld.open(Path(tmp)) if args.tee == "tdx" else contextlib.nullcontext() as world,
     ):
         work = Path(tmp)
         admin = c.Admin.create(work)
-        config = c.write_config(work, admin, database_url=database_url)
+        guest: Any = c.TdxGuest(world.pki) if world is not None else c.SampleGuest()
+        tdx = (world.root_path, world.pccs.url) if world is not None else None
+        config = c.write_config(work, admin, tdx=tdx, database_url=database_url)
         with c.kbs_serve(args.kbs, config, workers=args.workers, work=work) as (url, pid):
-            asyncio.run(c.provision(url, admin, c.SAMPLE_REFERENCE_VALUES))
-            key, token = asyncio.run(_token(url))
+            asyncio.run(c.provision(url, admin, guest.reference_values()))
+            key, token = asyncio.run(_token(url, guest))
             headers = {"Authorization": f"Bearer {token}"}
             resource_url = f"{url}/kbs/v0/resource/{c.RESOURCE_PATH}"
 

@@ -88,6 +88,16 @@ def test_resource_quick_with_an_explicit_kbs_command() -> None:
     assert number(found, "workers") == 1
     cpu_ms = number(found, "server_cpu_ms_per_fetch")
     assert number(found, "fetches_per_s_per_core") == pytest.approx(1000 / cpu_ms, rel=0.01)
+    assert found["tee"] == "sample"
+
+
+def test_resource_tdx_quick() -> None:
+    found = figures("resource.py", "--tee", "tdx")
+    assert found["tee"] == "tdx"
+    assert number(found, "fetches") > 0
+    assert number(found, "errors") == 0
+    # The token carries the TDX claims, event log included: tens of KB.
+    assert number(found, "token_bytes") > 20_000
 
 
 def test_loadtest_quick() -> None:
