@@ -31,7 +31,7 @@ from attestation.errors import AttestationError
 from attestation.registry import VerifierRegistry
 from attestation.sample import SampleDeviceVerifier, SampleVerifier
 from attestation.tdx.verifier import TdxVerifier
-from kbs import __version__, db, hotsql, openapi
+from kbs import __version__, db, gctune, hotsql, openapi
 from kbs import metrics as metrics_routes
 from kbs.admin_auth import build_admin_authorizer
 from kbs.appraisal import AttestationService
@@ -112,6 +112,7 @@ def create_app(
     entropy: Entropy = system_entropy,
     extra_verifiers: Sequence[Verifier] = (),
     apis: Collection[ApiName] = API_NAMES,
+    tune_gc: bool = False,
 ) -> FastAPI:
     """Build the KBS application.
 
@@ -123,6 +124,8 @@ def create_app(
             (tests use this to plug in fakes).
         apis: which APIs to serve: ``"kbs"``, ``"as"`` (the attestation-service API) or
             both (the default). Health, readiness and the JWK Set are always served.
+        tune_gc: once started, tune this process's garbage collector for serving
+            (:func:`kbs.gctune.tune_for_serving`); ``kbs serve`` workers do.
 
     Raises:
         ValueError: ``apis`` is empty or names an unknown API.
@@ -135,6 +138,8 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state, tasks = await _start(settings, clock, entropy, extra_verifiers, app.state.metrics)
         app.state.kbs = state
+        if tune_gc:
+            gctune.tune_for_serving()
         try:
             yield
         finally:

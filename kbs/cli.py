@@ -103,7 +103,11 @@ def _dev_overrides(data_dir: Path) -> dict[str, Any]:
 
 
 def app_from_environment() -> Any:
-    """Build the ASGI app from ``$KBS_CONFIG_FILE`` (and the dev profile, if selected)."""
+    """Build the ASGI app from ``$KBS_CONFIG_FILE`` (and the dev profile, if selected).
+
+    This is the app ``kbs serve`` workers run, so it tunes their garbage collector once
+    started (:mod:`kbs.gctune`).
+    """
     from kbs.app import create_app  # noqa: PLC0415
     from kbs.settings import load_settings  # noqa: PLC0415
 
@@ -118,6 +122,7 @@ def app_from_environment() -> Any:
     return create_app(
         load_settings(Path(config) if config else None, overrides=overrides),
         apis=_API_CHOICES[api],
+        tune_gc=True,
     )
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import time
 from pathlib import Path
 
 import httpx
@@ -265,3 +266,23 @@ def test_kbs_serve_exits_non_zero_when_start_up_fails(tmp_path: Path, workers: s
     )
     result = run_cli("kbs", "serve", "--config", str(config), "--workers", workers)
     assert result.returncode == 3, result.stderr
+
+
+def test_every_worker_tunes_its_garbage_collector(tmp_path: Path) -> None:
+    data = ["--dev", "--data-dir", str(tmp_path / "data"), "--workers", "2"]
+    with kbs_server(data, cwd=tmp_path) as (url, _):
+        auth = httpx.post(
+            f"{url}/kbs/v0/auth", json={"version": "0.4.0", "tee": "sample", "extra-params": ""}
+        )
+        assert auth.status_code == 200
+        log_path = tmp_path / f"kbs-{url.rsplit(':', 1)[1]}.log"
+        # /healthz answered once one worker was up; the other may still be starting.
+        deadline = time.monotonic() + 30
+        while True:
+            log = log_path.read_text()
+            tuned = [line for line in log.splitlines() if "gc tuned for serving" in line]
+            if len(tuned) >= 2 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+    assert len(tuned) == 2, log
+    assert all("thresholds (10000, 20, 20)" in line for line in tuned), tuned
