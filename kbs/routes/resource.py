@@ -30,7 +30,6 @@ from typing import Any, Final
 from fastapi import APIRouter, Request, Response
 
 from kbs import jwe
-from kbs.audit import token_id
 from kbs.deps import SESSION_COOKIE, StateDep, json_response, read_body, read_json
 from kbs.errors import (
     InvalidRequestPathError,
@@ -134,10 +133,11 @@ async def get_resource(path: str, request: Request, state: StateDep) -> Response
         return await _read_version(desc, request, state)
     # 2. The token: the attested session's, else a Bearer token.
     token, legacy_jwe = await _guest_token(request, state, at)
-    # 3. Verified on every request, even when it came from the session.
-    claims = state.token_verifier.verify(token, at=at)
-    # The audit trail's name for the token, and the policy engine's for its claims.
-    digest = token_id(token)
+    # 3. Verified on every request, even when it came from the session. The digest is
+    #    the audit trail's name for the token (token_id), and the policy engine's for
+    #    its claims.
+    claims, token_digest = state.token_verifier.verify_identified(token, at=at)
+    digest = token_digest.hex()
     # 4. The global resource policy and every matching release policy must say true.
     metrics = metrics_of(request)
     metrics.policy_evaluations.inc()

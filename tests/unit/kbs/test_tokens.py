@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from jwcrypto import jwk as jwcrypto_jwk
 from jwcrypto import jws as jwcrypto_jws
 
+from kbs.audit import token_id
 from kbs.errors import TokenVerifierError
 from kbs.tokens import (
     SimpleTokenSigner,
@@ -575,6 +576,32 @@ def test_kept_claims_are_bounded_and_large_payloads_are_not_kept(
     assert verifier.verify(small[0], at=AT)["n"] == 0
 
 
+def test_kept_claims_fit_the_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    signer = TokenSigner(ec.generate_private_key(ec.SECP256R1()))
+    sizes = [len(signer.sign(_claims(n=n, pad="x" * 300)).split(".")[1]) for n in range(3)]
+    # Room for two of these payloads, not three.
+    monkeypatch.setattr("kbs.tokens.CLAIMS_CACHE_BUDGET", sizes[0] + sizes[1] + 10)
+    verifier = TokenVerifier(own_keys=[signer.public_key])
+    tokens = [signer.sign(_claims(n=n, pad="x" * 300)) for n in range(3)]
+    first = [verifier.verify(token, at=AT) for token in tokens]
+    assert len(verifier._claims) == 2
+    assert verifier._claims.weight <= sizes[0] + sizes[1] + 10
+    # The two newest answer from memory (the same object); the oldest is decoded again.
+    assert verifier.verify(tokens[2], at=AT) is first[2]
+    assert verifier.verify(tokens[1], at=AT) is first[1]
+    again = verifier.verify(tokens[0], at=AT)
+    assert again == first[0]
+    assert again is not first[0]
+
+
+def test_a_tdx_sized_token_keeps_its_claims() -> None:
+    signer, verifier = _own()
+    token = signer.sign(_claims(events=[{"digest": "ab" * 48, "n": n} for n in range(400)]))
+    assert len(token.split(".")[1]) > 16 * 1024  # larger than the claims once kept
+    first = verifier.verify(token, at=AT)
+    assert verifier.verify(token, at=AT) is first
+
+
 # --------------------------------------------------------------------------- base64url segments
 
 
@@ -631,3 +658,21 @@ def test_long_segment_decoding_accepts_exactly_base64url(segment: str) -> None:
 def test_segment_encoding_is_the_standard_librarys(raw: bytes) -> None:
     assert ours_b64url(raw) == base64.urlsafe_b64encode(raw).decode().rstrip("=")
     assert _b64url_decode(ours_b64url(raw)) == raw
+
+
+def test_verify_identified_names_the_token_as_the_audit_trail_does() -> None:
+    signer, verifier = _own()
+    token = signer.sign(_claims(n=1))
+    for _ in range(2):  # verified in full, then from memory
+        claims, digest = verifier.verify_identified(token, at=AT)
+        assert claims["n"] == 1
+        assert digest.hex() == token_id(token)
+    # A token of another trusted signer (the generic path) too.
+    other = ec.generate_private_key(ec.SECP256R1())
+    foreign = jwt.encode(_claims(n=2), other, algorithm="ES256", headers={"kid": "k1"})
+    jwks = {"k1": {**public_jwk(other.public_key()), "alg": "ES256"}}
+    trusting = TokenVerifier(own_keys=[], trusted_jwks=jwks)
+    claims, digest = trusting.verify_identified(foreign, at=AT)
+    assert (claims["n"], digest.hex()) == (2, token_id(foreign))
+    with pytest.raises(TokenVerifierError):
+        verifier.verify_identified(token[:-4] + "AAAA", at=AT)
