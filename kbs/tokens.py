@@ -414,7 +414,7 @@ class TokenVerifier:
                 self._own_es256[jwk["x"], jwk["y"]] = (jwk_thumbprint(jwk), key)
         # SHA-256 of tokens whose header and signature passed _verify_own_es256 (LRU).
         self._verified: Lru[bytes, bool] = Lru(VERIFIED_TOKEN_CACHE_ENTRIES)
-        # The newest of those with small payloads: their decoded claims (LRU).
+        # The newest of those, within a budget of payload size: their decoded claims (LRU).
         self._claims: Lru[bytes, dict[str, Any]] = Lru(
             CLAIMS_CACHE_ENTRIES, budget=CLAIMS_CACHE_BUDGET
         )
